@@ -1,0 +1,38 @@
+"""Names of endpoints and versions: DNS-1123 labels, checked before anything is touched."""
+
+from __future__ import annotations
+
+import re
+
+from mlshift._exceptions import InvalidNameError
+
+__all__ = ["check_name"]
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_LEN = 63
+
+
+def check_name(value: object, *, kind: str = "name", max_len: int = MAX_LEN) -> str:
+    """Return ``value`` if it is a DNS-1123 label, else raise ``InvalidNameError``.
+
+    Example:
+        >>> check_name("churn-v2", kind="version")
+        'churn-v2'
+    """
+    if not isinstance(value, str):
+        raise InvalidNameError(
+            f"{kind} must be a string, got {type(value).__name__}: {value!r}"
+        )
+    if not value:
+        raise InvalidNameError(f"{kind} is empty; use lower-case letters, digits and '-'")
+    if len(value) > max_len:
+        raise InvalidNameError(
+            f"{kind} {value!r} is {len(value)} characters; the limit is {max_len}"
+        )
+    if not _LABEL.match(value):
+        hint = value.lower().replace("_", "-").replace(".", "-").strip("-")
+        raise InvalidNameError(
+            f"{kind} {value!r} is not a DNS-1123 label: use lower-case letters, digits and '-',"
+            f" starting and ending with a letter or digit (for example {hint!r})"
+        )
+    return value
