@@ -1,0 +1,146 @@
+"""The planner: from the state an endpoint is in to the one asked for, the ordered writes. Pure.
+
+The order is what keeps traffic flowing (istio/istio#6335, #23956): a new version's
+Deployment first and only once it is ready its DestinationRule subset, and only then the
+VirtualService that may send it traffic. Removing runs the other way: VirtualService first,
+then the subset, then the Deployment. Both engines execute the same steps, and a dry run
+returns them for review.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlshift._render import (
+    deployment_name,
+    managed_routes,
+    render_deployment,
+    render_destination_rule,
+    render_service,
+    to_yaml,
+)
+from mlshift._state import EndpointState, TrafficState
+
+__all__ = ["Action", "Plan", "Step", "plan_change", "plan_delete"]
+
+Action = Literal["apply", "wait-ready", "patch-routes", "delete"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One write (or wait) against the target.
+
+    ``apply`` creates or replaces ``obj``; ``wait-ready`` blocks until ``version`` serves;
+    ``patch-routes`` swaps mlshift's routes of the VirtualService for ``obj["http"]`` and
+    keeps every other route; ``delete`` removes the named object.
+    """
+
+    action: Action
+    kind: str
+    name: str
+    obj: dict[str, Any] | None = None
+    version: str | None = None
+
+    def describe(self) -> str:
+        """One line for people: ``apply DestinationRule churn (subsets v1, v2)``."""
+        text = f"{self.action} {self.kind} {self.name}"
+        if self.kind == "DestinationRule" and self.obj:
+            subsets = ", ".join(s["name"] for s in self.obj["spec"]["subsets"])
+            text += f" (subsets {subsets or 'none'})"
+        elif self.action == "patch-routes" and self.obj:
+            main = next(r for r in self.obj["http"] if r["name"] == "mlshift")
+            weights = ", ".join(
+                f"{d['destination']['subset']}={d['weight']}" for d in main["route"]
+            )
+            text += f" (weights {weights})"
+        return text
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The ordered steps that take an endpoint to ``state``, and the history to keep."""
+
+    state: EndpointState
+    steps: tuple[Step, ...]
+    history: tuple[TrafficState, ...] = field(default=())
+
+    def __str__(self) -> str:
+        lines = [f"plan for {self.state.namespace}/{self.state.name}:"]
+        lines += [f"  {i}. {s.describe()}" for i, s in enumerate(self.steps, 1)]
+        return "\n".join(lines) if self.steps else lines[0] + " nothing to change"
+
+    def to_yaml(self) -> str:
+        """The objects this plan writes, as multi-document YAML."""
+        return to_yaml(s.obj for s in self.steps if s.obj is not None and s.action == "apply")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        items = "".join(f"<li>{html.escape(s.describe())}</li>" for s in self.steps)
+        title = html.escape(f"plan for {self.state.namespace}/{self.state.name}")
+        return f"<b>{title}</b><ol>{items or '<li>nothing to change</li>'}</ol>"
+
+
+def _routes_step(state: EndpointState, traffic: TrafficState | None = None) -> Step:
+    return Step(
+        "patch-routes",
+        "VirtualService",
+        state.name,
+        {"http": managed_routes(state, traffic)},
+    )
+
+
+def plan_change(
+    old: EndpointState | None,
+    new: EndpointState,
+    *,
+    history: Sequence[TrafficState] = (),
+) -> Plan:
+    """Return the steps that take an endpoint from ``old`` (None: nothing yet) to ``new``.
+
+    Example:
+        >>> from mlshift._state import EndpointState, VersionSpec
+        >>> new = EndpointState("churn").with_version(VersionSpec("v1"))
+        >>> [s.describe() for s in plan_change(None, new).steps][:2]
+        ['apply Deployment churn-v1', 'wait-ready Deployment churn-v1']
+    """
+    before = {v.name: v for v in (old.versions if old else ())}
+    steps: list[Step] = []
+    for spec in new.versions:
+        if before.get(spec.name) != spec:
+            name = deployment_name(new.name, spec.name)
+            steps.append(Step("apply", "Deployment", name, render_deployment(new, spec), spec.name))
+            steps.append(Step("wait-ready", "Deployment", name, None, spec.name))
+    if old is None:
+        steps.append(Step("apply", "Service", new.name, render_service(new)))
+    old_names = list(before)
+    union = old_names + [v for v in new.version_names if v not in before]
+    if old is None or union != old_names:
+        steps.append(
+            Step("apply", "DestinationRule", new.name, render_destination_rule(new, union))
+        )
+    if old is None or managed_routes(old) != managed_routes(new):
+        steps.append(_routes_step(new))
+    removed = [v for v in old_names if v not in new.version_names]
+    if removed:
+        steps.append(Step("apply", "DestinationRule", new.name, render_destination_rule(new)))
+        for version in removed:
+            name = deployment_name(new.name, version)
+            steps.append(Step("delete", "Deployment", name, None, version))
+    return Plan(new, tuple(steps), tuple(history))
+
+
+def plan_delete(state: EndpointState) -> Plan:
+    """Return the steps that remove an endpoint: routes first, Deployments last."""
+    steps = [
+        Step("delete", "VirtualService", state.name),
+        Step("delete", "DestinationRule", state.name),
+        Step("delete", "Service", state.name),
+        *(
+            Step("delete", "Deployment", deployment_name(state.name, v), None, v)
+            for v in state.version_names
+        ),
+    ]
+    return Plan(state, tuple(steps))
