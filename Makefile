@@ -24,9 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: lint typecheck
-	$(BIN)/pytest -q tests
-	$(BIN)/pytest -q --nbval-lax notebooks
+	$(BIN)/pytest -q tests; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc
+	$(BIN)/pytest -q --nbval-lax -p no:cacheprovider notebooks; rc=$$?; \
+	  [ $$rc -ne 5 ] || echo "no notebooks were collected" >&2; exit $$rc
 
 test-fast: lint typecheck
 	$(BIN)/pytest -q -m "not slow and not browser" tests

@@ -1,0 +1,59 @@
+"""Module-level verbs for one-line notebook use: ``mlshift.endpoint()``, ``mlshift.deploy()``.
+
+``mlshift.endpoint(name)`` returns an ``Endpoint`` and makes it the current one, so later
+``mlshift.deploy(model, "v2")`` calls go to it (like ``httpx.get`` next to ``httpx.Client``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from mlshift._endpoint import Endpoint
+from mlshift._exceptions import MlshiftError
+
+if TYPE_CHECKING:
+    from mlshift._engine import Target
+    from mlshift._plan import Plan
+
+__all__ = ["current", "deploy", "endpoint"]
+
+_lock = threading.Lock()
+_registry: dict[str, Endpoint] = {}
+
+
+def endpoint(name: str, target: Target | None = None) -> Endpoint:
+    """Return the endpoint ``name`` on ``target`` (default: the local mesh) and make it current.
+
+    Example:
+        >>> ep = mlshift.endpoint("churn")  # doctest: +SKIP
+        >>> k8s = mlshift.Kubernetes(namespace="ml")  # doctest: +SKIP
+        >>> ep = mlshift.endpoint("churn", target=k8s)  # doctest: +SKIP
+    """
+    ep = Endpoint(name, target)
+    with _lock:
+        _registry["current"] = ep
+    return ep
+
+
+def current() -> Endpoint:
+    """Return the endpoint the last ``mlshift.endpoint()`` call made current."""
+    with _lock:
+        ep = _registry.get("current")
+    if ep is None:
+        raise MlshiftError(
+            "no current endpoint; call mlshift.endpoint('name') first"
+            " (e.g. ep = mlshift.endpoint('churn'))"
+        )
+    return ep
+
+
+def deploy(model: Any, version: str, **options: Any) -> Any:
+    """Deploy ``model`` as ``version`` on the current endpoint (see ``Endpoint.deploy``).
+
+    Example:
+        >>> mlshift.endpoint("churn")  # doctest: +SKIP
+        >>> mlshift.deploy(model_v2, "v2")  # doctest: +SKIP
+    """
+    result: Plan | Any = current().deploy(model, version, **options)
+    return result

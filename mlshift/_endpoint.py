@@ -1,0 +1,608 @@
+"""The facade: ``Endpoint`` and ``Version``, the objects a notebook holds.
+
+Every verb (``deploy``, ``shift``, ``promote``, ``rollback``, ``remove``, ``delete``) reads
+what the target has, builds the new desired state, validates it, and hands the ordered plan
+to the target's engine; it returns the new state so a notebook cell shows it. Properties
+and reprs only read the cached state and never do I/O. In a dry run nothing is touched and
+no cluster is needed: the state is built up in memory and the plan is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mlshift._engine import VersionStatus
+from mlshift._exceptions import (
+    APIError,
+    ConfigError,
+    InvalidWeightsError,
+    MlshiftError,
+    UnknownVersionError,
+)
+from mlshift._names import check_name
+from mlshift._plan import Plan, plan_change, plan_delete
+from mlshift._render import render
+from mlshift._state import EndpointState, HeaderRoute, Mirror, TrafficState
+from mlshift._weights import rest_pro_rata, validate_weights
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlshift._canary import CanaryResult
+    from mlshift._client import TrafficRun
+    from mlshift._engine import Engine, Target
+
+__all__ = ["Endpoint", "Version", "YAMLText"]
+
+log = logging.getLogger("mlshift")
+HISTORY_LIMIT = 50
+
+
+class YAMLText(str):
+    """A YAML string that a notebook shows as a highlighted block."""
+
+    __slots__ = ()
+
+    def _repr_markdown_(self) -> str:
+        return f"```yaml\n{self}```"
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One deployed version as last seen (cached; ``ep.status()`` asks the target)."""
+
+    name: str
+    weight: int
+    ready: bool | None
+    model_sha256: str
+    image: str | None = None
+    bundle: str | None = None
+    reason: str = ""
+
+    def __repr__(self) -> str:
+        ready = {True: "ready", False: "not ready", None: "unknown"}[self.ready]
+        return f"<Version {self.name} {self.weight}% {ready}>"
+
+    def _repr_html_(self) -> str:
+        return _table([self])
+
+
+def _table(versions: list[Version], title: str = "") -> str:
+    from mlshift._colors import version_color
+
+    names = [v.name for v in versions]
+    rows = []
+    for v in versions:
+        color = version_color(v.name, names)
+        bar = (
+            f'<div style="background:{color};height:0.8em;width:{v.weight}%;'
+            f'min-width:{1 if v.weight else 0}px"></div>'
+        )
+        ready = {True: "✅ ready", False: "❌ not ready", None: "?"}[v.ready]
+        if v.reason:
+            ready += f" ({html.escape(v.reason)})"
+        digest = v.image or (f"sha256:{v.model_sha256[:12]}" if v.model_sha256 else "")
+        rows.append(
+            f'<tr><td><b style="color:{color}">{html.escape(v.name)}</b></td>'
+            f'<td style="text-align:right">{v.weight}%</td>'
+            f'<td style="width:10em">{bar}</td><td>{ready}</td>'
+            f"<td><code>{html.escape(digest)}</code></td></tr>"
+        )
+    head = (
+        "<tr><th>version</th><th>weight</th><th></th><th>readiness</th><th>image / model</th></tr>"
+    )
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    body = "".join(rows) or '<tr><td colspan="5">no versions deployed</td></tr>'
+    return f"<table>{caption}{head}{body}</table>"
+
+
+class Endpoint:
+    """A model endpoint: its versions and how traffic is split between them.
+
+    Example:
+        >>> ep = mlshift.endpoint("churn")  # doctest: +SKIP
+        >>> ep.deploy(model_v1, "v1", sample=X[:5])  # doctest: +SKIP
+        >>> ep.deploy(model_v2, "v2")  # doctest: +SKIP
+        >>> ep.shift({"v1": 90, "v2": 10})  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, target: Target | None = None) -> None:
+        self.name = check_name(name, kind="endpoint name")
+        if target is None:
+            from mlshift.local import Local
+
+            target = Local()
+        self.target = target
+        self._engine: Engine | None = None
+        self._state: EndpointState | None = None
+        self._history: tuple[TrafficState, ...] = ()
+        self._status: dict[str, VersionStatus] = {}
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The target's engine for this endpoint (created on first use)."""
+        if self._engine is None:
+            self._engine = self.target.engine(self.name)
+        return self._engine
+
+    def _refresh(self, *, dry_run: bool = False) -> EndpointState | None:
+        """Read the applied state from the target; in a dry run fall back to memory."""
+        if dry_run and self._state is not None:
+            return self._state
+        try:
+            loaded = self.engine.load(self.name)
+        except (ConfigError, APIError) as exc:
+            if not dry_run:
+                raise
+            log.info("dry run without a reachable target (%s); planning from memory", exc)
+            return self._state
+        if loaded is None:
+            self._state, self._history = None, ()
+        else:
+            self._state, self._history = loaded
+        return self._state
+
+    def _require(self) -> EndpointState:
+        state = self._refresh()
+        if state is None or not state.versions:
+            raise UnknownVersionError(
+                f"endpoint {self.name!r} has no versions yet; deploy one with "
+                f"ep.deploy(model, 'v1')"
+            )
+        return state
+
+    def _known(self, state: EndpointState, version: str) -> None:
+        if state.version(version) is None:
+            raise UnknownVersionError(
+                f"endpoint {self.name!r} has no version {version!r}; it has "
+                f"{', '.join(state.version_names)}"
+            )
+
+    @property
+    def versions(self) -> dict[str, Version]:
+        """The versions as last seen, by name (no I/O)."""
+        state = self._state
+        if state is None:
+            return {}
+        out = {}
+        for spec in state.versions:
+            st = self._status.get(spec.name)
+            out[spec.name] = Version(
+                name=spec.name,
+                weight=int(state.traffic.weights.get(spec.name, 0)),
+                ready=st.ready if st else None,
+                model_sha256=spec.model_sha256,
+                image=spec.image,
+                bundle=spec.bundle,
+                reason=st.reason if st else "",
+            )
+        return out
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """The traffic weights as last seen (no I/O)."""
+        return dict(self._state.traffic.weights) if self._state else {}
+
+    @property
+    def url(self) -> str:
+        """The address requests to this endpoint go to."""
+        return self.engine.url(self._require())
+
+    def status(self) -> pd.DataFrame:
+        """Ask the target how every version is doing: weight, readiness and why not.
+
+        Example:
+            >>> ep.status()  # doctest: +SKIP
+                weight  ready reason
+            v1      90   True
+        """
+        import pandas as pd
+
+        state = self._refresh()
+        self._status = self.engine.status(state) if state else {}
+        rows = [dataclasses.asdict(s) for s in self._status.values()]
+        columns = ["version", "weight", "ready", "reason", "replicas", "ready_replicas", "address"]
+        return pd.DataFrame(rows, columns=columns).set_index("version")
+
+    def history(self) -> list[dict[str, int]]:
+        """Past traffic weights, oldest first (what ``rollback()`` returns to)."""
+        self._refresh()
+        return [dict(t.weights) for t in self._history]
+
+    def render(self) -> YAMLText:
+        """Return the endpoint's Kubernetes and Istio objects as multi-document YAML.
+
+        Works without a cluster after dry-run deploys. Example:
+            >>> print(ep.render())  # doctest: +SKIP
+        """
+        state = self._state if self._state is not None else self._refresh(dry_run=True)
+        if state is None:
+            raise UnknownVersionError(
+                f"endpoint {self.name!r} has no versions to render; deploy one (dry_run=True works)"
+            )
+        return YAMLText(render(state).to_yaml())
+
+    # -- changing ----------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        old: EndpointState | None,
+        new: EndpointState,
+        *,
+        dry_run: bool,
+        history: tuple[TrafficState, ...] | None = None,
+    ) -> Plan:
+        """Plan and run old -> new; a traffic change pushes the old split onto the history."""
+        if history is None:
+            history = self._history
+            if old is not None and old.traffic != new.traffic:
+                history = (*history, old.traffic)[-HISTORY_LIMIT:]
+        return self._run(plan_change(old, new, history=history), dry_run=dry_run)
+
+    def _run(self, plan: Plan, *, dry_run: bool) -> Plan:
+        if not dry_run:
+            started = time.perf_counter()
+            self.engine.execute(plan)
+            log.info(
+                "%s: %d steps in %.3f s", self.name, len(plan.steps), time.perf_counter() - started
+            )
+        self._state, self._history = plan.state, plan.history
+        return plan
+
+    def deploy(
+        self,
+        model: Any,
+        version: str,
+        *,
+        sample: Any = None,
+        replicas: int = 1,
+        dry_run: bool = False,
+    ) -> Version | Plan:
+        """Deploy ``model`` as a new version: the first takes 100 %, later ones 0 %.
+
+        ``model`` is a fitted model, a bundle directory or a ``BundleInfo``; ``sample`` (a few
+        input rows) lets the server check inputs. The version is started and must be ready
+        before any route may send it traffic. With ``dry_run=True`` nothing is built or
+        touched and the plan is returned.
+
+        Example:
+            >>> v1 = ep.deploy(model, "v1", sample=X_test[:5])  # doctest: +SKIP
+        """
+        from mlshift._bundle import as_bundle
+
+        check_name(version, kind="version")
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        old = self._refresh(dry_run=dry_run)
+        with tempfile.TemporaryDirectory(prefix="mlshift-bundle-") as tmp:
+            bundle = as_bundle(model, version, sample=sample, dest=tmp)
+            existing = old.version(version) if old else None
+            if existing is not None:
+                if existing.model_sha256 == bundle.sha256:
+                    log.info("%s/%s is already deployed with this model", self.name, version)
+                    return self.versions[version]
+                raise MlshiftError(
+                    f"version {version!r} of {self.name!r} already serves another model "
+                    f"(sha256 {existing.model_sha256[:12]}); deploy it under a new name such as "
+                    f"{_next_name(version, old.version_names if old else [])!r}, or "
+                    f"ep.remove({version!r}) first"
+                )
+            spec = self.target.prepare_version(bundle, self.name, version, dry_run=dry_run)
+        spec = dataclasses.replace(spec, replicas=replicas)
+        base = old or EndpointState(self.name, namespace=self.target.namespace())
+        plan = self._apply(old, base.with_version(spec), dry_run=dry_run)
+        if dry_run:
+            return plan
+        self._status = self.engine.status(plan.state)
+        return self.versions[version]
+
+    def _set_traffic(
+        self,
+        traffic: TrafficState,
+        state: EndpointState,
+        *,
+        dry_run: bool,
+        history: tuple[TrafficState, ...] | None = None,
+    ) -> Any:
+        ready = None
+        if not dry_run:
+            self._status = self.engine.status(state)
+            ready = [v for v, s in self._status.items() if s.ready]
+        weights = validate_weights(traffic.weights, versions=state.version_names, ready=ready)
+        traffic = dataclasses.replace(traffic, weights=weights)
+        if traffic == state.traffic:
+            return self
+        started = time.perf_counter()
+        plan = self._apply(state, state.with_traffic(traffic), dry_run=dry_run, history=history)
+        if dry_run:
+            return plan
+        log.info(
+            "%s: traffic %s in %.1f ms",
+            self.name,
+            ", ".join(f"{v}={w}" for v, w in weights.items()),
+            (time.perf_counter() - started) * 1000,
+        )
+        return self
+
+    def shift(
+        self,
+        weights: Mapping[str, int] | str,
+        percent: int | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> Any:
+        """Change how traffic is split: ``shift({"v1": 90, "v2": 10})`` or ``shift("v2", 50)``.
+
+        The second form gives ``v2`` 50 % and splits the rest over the other versions in
+        their current ratio. Weights are integers 0-100 summing to 100, on ready versions;
+        anything else raises ``InvalidWeightsError`` and routing stays as it was.
+
+        Example:
+            >>> ep.shift("v2", 50)  # doctest: +SKIP
+        """
+        state = self._refresh(dry_run=dry_run)
+        if state is None or not state.versions:
+            raise InvalidWeightsError(f"endpoint {self.name!r} has no versions to route to")
+        if isinstance(weights, str):
+            if percent is None:
+                raise InvalidWeightsError(
+                    f"shift({weights!r}) needs a percentage, e.g. shift({weights!r}, 50)"
+                )
+            self._known(state, weights)
+            new = rest_pro_rata(state.traffic.weights, weights, percent)
+        else:
+            if percent is not None:
+                raise InvalidWeightsError("give either a weights mapping or (version, percent)")
+            new = dict(weights)
+        return self._set_traffic(
+            dataclasses.replace(state.traffic, weights=new), state, dry_run=dry_run
+        )
+
+    def promote(self, version: str, *, dry_run: bool = False) -> Any:
+        """Send all traffic to ``version`` (header rules stay; a mirror to it is dropped).
+
+        Example:
+            >>> ep.promote("v2")  # doctest: +SKIP
+        """
+        state = self._refresh(dry_run=dry_run)
+        if state is None:
+            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
+        self._known(state, version)
+        mirror = state.traffic.mirror
+        traffic = TrafficState(
+            {version: 100},
+            headers=state.traffic.headers,
+            mirror=None if mirror and mirror.version == version else mirror,
+        )
+        return self._set_traffic(traffic, state, dry_run=dry_run)
+
+    def rollback(self, to: str | None = None, *, dry_run: bool = False) -> Any:
+        """Return to the traffic split before the last change, or send everything to ``to``.
+
+        Each call steps one change further back. Example:
+            >>> ep.rollback()  # doctest: +SKIP
+        """
+        if to is not None:
+            return self.promote(to, dry_run=dry_run)
+        state = self._refresh(dry_run=dry_run)
+        if state is None or not self._history:
+            raise InvalidWeightsError(
+                f"endpoint {self.name!r} has no earlier traffic split to roll back to;"
+                " use ep.rollback(to='v1') to send everything to one version"
+            )
+        previous = self._history[-1]
+        gone = [v for v, w in previous.weights.items() if w and state.version(v) is None]
+        if gone:
+            raise InvalidWeightsError(
+                f"the previous split sent traffic to removed version(s) {', '.join(gone)};"
+                " use ep.rollback(to=...) or ep.shift({...})"
+            )
+        traffic = TrafficState(
+            {v: w for v, w in previous.weights.items() if state.version(v) is not None},
+            headers=tuple(h for h in previous.headers if state.version(h.version)),
+            mirror=previous.mirror
+            if previous.mirror and state.version(previous.mirror.version)
+            else None,
+        )
+        # A rollback pops the history instead of pushing the split it leaves.
+        return self._set_traffic(traffic, state, dry_run=dry_run, history=self._history[:-1])
+
+    def route_header(
+        self, header: str, value: str, version: str, *, match: str = "exact", dry_run: bool = False
+    ) -> Any:
+        """Send requests whose ``header`` matches ``value`` to ``version``, whatever the weights.
+
+        Example:
+            >>> ep.route_header("x-canary", "yes", "v2")  # doctest: +SKIP
+        """
+        if match not in ("exact", "prefix", "regex"):
+            raise ValueError(f"match must be 'exact', 'prefix' or 'regex', got {match!r}")
+        if not header or not header.replace("-", "").isalnum():
+            raise ValueError(f"{header!r} is not an HTTP header name")
+        state = self._refresh(dry_run=dry_run)
+        if state is None:
+            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
+        self._known(state, version)
+        rules = tuple(r for r in state.traffic.headers if r.header.lower() != header.lower())
+        rule = HeaderRoute(version, header.lower(), value, match)  # type: ignore[arg-type]
+        traffic = dataclasses.replace(state.traffic, headers=(*rules, rule))
+        return self._set_traffic(traffic, state, dry_run=dry_run)
+
+    def mirror(self, version: str | None, percent: float = 100.0, *, dry_run: bool = False) -> Any:
+        """Copy ``percent`` % of live requests to ``version`` (answers dropped); None stops it.
+
+        Example:
+            >>> ep.mirror("v3", 20)  # doctest: +SKIP
+        """
+        state = self._refresh(dry_run=dry_run)
+        if state is None:
+            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
+        if version is not None:
+            self._known(state, version)
+            if not 0 < percent <= 100:
+                raise ValueError(f"mirror percent must be within (0, 100], got {percent}")
+        mirror = Mirror(version, float(percent)) if version else None
+        traffic = dataclasses.replace(state.traffic, mirror=mirror)
+        return self._set_traffic(traffic, state, dry_run=dry_run)
+
+    def remove(self, version: str, *, dry_run: bool = False) -> Any:
+        """Stop and remove ``version``; it must carry no traffic (shift it away first).
+
+        Example:
+            >>> ep.remove("v1")  # doctest: +SKIP
+        """
+        state = self._refresh(dry_run=dry_run)
+        if state is None:
+            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
+        self._known(state, version)
+        weight = int(state.traffic.weights.get(version, 0))
+        if weight:
+            raise InvalidWeightsError(
+                f"version {version!r} still carries {weight} % of traffic; shift it away first,"
+                " e.g. ep.promote('<other version>')"
+            )
+        if len(state.versions) == 1:
+            raise MlshiftError(
+                f"{version!r} is the last version of {self.name!r}; use ep.delete() to remove"
+                " the whole endpoint"
+            )
+        plan = self._apply(state, state.without_version(version), dry_run=dry_run)
+        return plan if dry_run else self
+
+    def delete(self, *, dry_run: bool = False) -> Plan:
+        """Remove the endpoint: routes first, then every version. Nothing keeps running.
+
+        Example:
+            >>> ep.delete()  # doctest: +SKIP
+        """
+        state = self._refresh(dry_run=dry_run)
+        plan = plan_delete(state or EndpointState(self.name, namespace=self.target.namespace()))
+        if not dry_run:
+            self.engine.execute(plan)
+            self._state, self._history, self._status = None, (), {}
+        return plan
+
+    # -- traffic and metrics -----------------------------------------------------------------
+
+    def predict(self, data: Any, *, timeout: float = 30.0) -> pd.DataFrame:
+        """Send ``data`` through the router; the frame says which version answered.
+
+        Example:
+            >>> ep.predict(X_test[:3])  # doctest: +SKIP
+        """
+        from mlshift._client import predict
+
+        return predict(self.url, self.name, data, timeout=timeout)  # type: ignore[no-any-return]
+
+    def send(
+        self, data: Any, *, rps: float = 20, duration: str | float = "30s", concurrency: int = 16
+    ) -> TrafficRun:
+        """Send single rows of ``data`` at ``rps`` in the background for ``duration``.
+
+        Example:
+            >>> run = ep.send(X_test, rps=50, duration="30s")  # doctest: +SKIP
+        """
+        from mlshift._client import TrafficRun
+        from mlshift._durations import parse_duration
+
+        seconds = parse_duration(duration, what="duration")
+        return TrafficRun(
+            self.url, self.name, data, rps=rps, duration=seconds, concurrency=concurrency
+        )
+
+    def metrics(self, since: str | float = "5m", step: str | float = "10s") -> pd.DataFrame:
+        """Per-version request rate, errors and latency: one row per (time, version).
+
+        Columns: timestamp, version, requests, rps, errors, error_rate, p50_ms, p95_ms,
+        p99_ms, share. No traffic gives an empty frame (or NaN), never an error.
+
+        Example:
+            >>> ep.metrics(since="2m")  # doctest: +SKIP
+        """
+        from mlshift._durations import parse_duration
+
+        state = self._refresh()
+        if state is None:
+            from mlshift.metrics import empty_frame
+
+            return empty_frame()
+        return self.engine.metrics(
+            state,
+            since=parse_duration(since, what="since"),
+            step=parse_duration(step, what="step"),
+        )
+
+    def canary(
+        self,
+        version: str,
+        *,
+        steps: tuple[int, ...] = (10, 25, 50, 100),
+        interval: str | float = "30s",
+        max_error_rate: float = 0.01,
+        max_p99_ms: float | None = None,
+        min_requests: int = 20,
+        threshold: int = 2,
+        max_inconclusive: int = 3,
+    ) -> CanaryResult:
+        """Step ``version``'s weight through ``steps`` while its metrics stay healthy.
+
+        After each step it waits ``interval`` and judges the canary's error rate (and p99
+        latency when ``max_p99_ms`` is set). ``threshold`` failed checks in a row send all
+        traffic back to the stable version; an interval with fewer than ``min_requests``
+        requests is inconclusive and is waited out (at most ``max_inconclusive`` times).
+        Promotion takes about ``interval`` x ``len(steps)``. Blocks until done.
+
+        Example:
+            >>> ep.canary("v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
+            <CanaryResult v2: promoted after 3 checks>
+        """
+        from mlshift._canary import Gate, run_canary
+        from mlshift._durations import parse_duration
+
+        state = self._require()
+        self._known(state, version)
+        if not steps or any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(steps):
+            raise ValueError(f"steps must be rising percentages within 1-100, got {steps!r}")
+        if len(state.versions) < 2:
+            raise MlshiftError(f"a canary needs a stable version besides {version!r}")
+        gate = Gate(max_error_rate, max_p99_ms, min_requests)
+        seconds = parse_duration(interval, what="interval")
+        return run_canary(
+            self,
+            version,
+            steps=steps,
+            interval=seconds,
+            gate=gate,
+            threshold=threshold,
+            max_inconclusive=max_inconclusive,
+        )
+
+    # -- display -----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        weights = ", ".join(f"{v}={w}" for v, w in self.weights.items())
+        return f"<Endpoint {self.name} on {self.target.name}: {weights or 'no versions'}>"
+
+    def _repr_html_(self) -> str:
+        title = f"{self.name} ({self.target.name})"
+        return _table(list(self.versions.values()), title)
+
+
+def _next_name(version: str, taken: list[str]) -> str:
+    import re
+
+    m = re.match(r"^(.*?)(\d+)$", version)
+    stem, n = (m.group(1), int(m.group(2))) if m else (version + "-", 1)
+    candidate = f"{stem}{n + 1}"
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}{n + 1}"
+    return candidate

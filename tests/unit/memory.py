@@ -1,0 +1,57 @@
+"""An in-memory engine and target: a real, tiny implementation of the engine seam.
+
+The facade is tested over it the way httpx tests plug a transport in; the real engines are
+tested against Envoy and the Kubernetes emulator in tests/integration/.
+"""
+
+from __future__ import annotations
+
+from mlshift._bundle import BundleInfo
+from mlshift._engine import VersionStatus
+from mlshift._plan import Plan
+from mlshift._state import EndpointState, TrafficState, VersionSpec
+
+
+class MemoryEngine:
+    target = "memory"
+
+    def __init__(self) -> None:
+        self.state: EndpointState | None = None
+        self.history: tuple[TrafficState, ...] = ()
+        self.plans: list[Plan] = []
+        self.down: set[str] = set()
+
+    def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
+        return None if self.state is None else (self.state, self.history)
+
+    def execute(self, plan: Plan) -> None:
+        self.plans.append(plan)
+        deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
+        self.state, self.history = (None, ()) if deleting else (plan.state, plan.history)
+
+    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
+        return {
+            v: VersionStatus(v, v not in self.down, int(state.traffic.weights.get(v, 0)))
+            for v in state.version_names
+        }
+
+    def url(self, state: EndpointState) -> str:
+        return "http://127.0.0.1:1"
+
+
+class MemoryTarget:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.engines: dict[str, MemoryEngine] = {}
+
+    def engine(self, endpoint: str) -> MemoryEngine:
+        return self.engines.setdefault(endpoint, MemoryEngine())
+
+    def namespace(self) -> str:
+        return "ml"
+
+    def prepare_version(
+        self, bundle: BundleInfo, endpoint: str, version: str, *, dry_run: bool = False
+    ) -> VersionSpec:
+        return VersionSpec(version, model_sha256=bundle.sha256, image=f"reg/{endpoint}:{version}")

@@ -1,0 +1,123 @@
+"""The facade's logic (validation, pro-rata, history, rollback, dry runs, module verbs).
+
+The engine seam is filled by ``MemoryTarget``: a small, real in-memory engine that applies
+plans to a dict, the way httpx tests plug a transport in. The real engines are tested
+against Envoy and the Kubernetes emulator in tests/integration/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mlshift
+from mlshift._plan import Plan
+from tests.unit.memory import MemoryTarget
+
+
+@pytest.fixture
+def ep(models: list[Any]) -> mlshift.Endpoint:
+    ep = mlshift.endpoint("churn", target=MemoryTarget())  # type: ignore[arg-type]
+    ep.deploy(models[0], "v1")
+    ep.deploy(models[1], "v2")
+    return ep
+
+
+def test_first_version_takes_all_and_the_second_none(ep: mlshift.Endpoint) -> None:
+    assert ep.weights == {"v1": 100, "v2": 0}
+    assert ep.versions["v2"].ready is True
+
+
+def test_shift_forms(ep: mlshift.Endpoint, models: list[Any]) -> None:
+    ep.shift({"v1": 90, "v2": 10})
+    assert ep.weights == {"v1": 90, "v2": 10}
+    ep.deploy(models[2], "v3")
+    ep.shift("v3", 20)
+    assert ep.weights == {"v1": 72, "v2": 8, "v3": 20}
+
+
+def test_invalid_weights_change_nothing(ep: mlshift.Endpoint) -> None:
+    engine = ep.engine
+    before = len(engine.plans)  # type: ignore[attr-defined]
+    with pytest.raises(mlshift.InvalidWeightsError, match="sum to 110"):
+        ep.shift({"v1": 100, "v2": 10})
+    with pytest.raises(mlshift.InvalidWeightsError, match="'v9'"):
+        ep.shift({"v9": 100})
+    engine.down.add("v2")  # type: ignore[attr-defined]
+    with pytest.raises(mlshift.InvalidWeightsError, match="not ready"):
+        ep.shift({"v1": 50, "v2": 50})
+    assert len(engine.plans) == before  # type: ignore[attr-defined]
+    assert ep.weights == {"v1": 100, "v2": 0}
+
+
+def test_rollback_walks_back_through_history(ep: mlshift.Endpoint) -> None:
+    ep.shift({"v1": 90, "v2": 10})
+    ep.shift({"v1": 50, "v2": 50})
+    ep.promote("v2")
+    assert ep.history()[-1] == {"v1": 50, "v2": 50}
+    ep.rollback()
+    assert ep.weights == {"v1": 50, "v2": 50}
+    ep.rollback()
+    assert ep.weights == {"v1": 90, "v2": 10}
+    ep.rollback(to="v1")
+    assert ep.weights == {"v1": 100, "v2": 0}
+
+
+def test_rollback_without_history_says_what_to_do(models: list[Any]) -> None:
+    ep = mlshift.endpoint("fresh", target=MemoryTarget())  # type: ignore[arg-type]
+    ep.deploy(models[0], "v1")
+    with pytest.raises(mlshift.InvalidWeightsError, match="rollback\\(to="):
+        ep.rollback()
+
+
+def test_remove_refuses_a_version_with_traffic(ep: mlshift.Endpoint) -> None:
+    with pytest.raises(mlshift.InvalidWeightsError, match="shift it away first"):
+        ep.remove("v1")
+    ep.promote("v2")
+    ep.remove("v1")
+    assert list(ep.versions) == ["v2"]
+    with pytest.raises(mlshift.UnknownVersionError, match="no version 'v1'"):
+        ep.promote("v1")
+
+
+def test_redeploying_a_name_with_another_model_is_refused(
+    ep: mlshift.Endpoint, models: list[Any]
+) -> None:
+    with pytest.raises(mlshift.MlshiftError, match="such as 'v3'"):
+        ep.deploy(models[2], "v2")
+    assert ep.deploy(models[1], "v2").name == "v2"  # same model: nothing to do
+
+
+def test_dry_run_builds_state_in_memory_and_returns_the_plan(models: list[Any]) -> None:
+    target = MemoryTarget()
+    ep = mlshift.Endpoint("churn", target)  # type: ignore[arg-type]
+    p1 = ep.deploy(models[0], "v1", dry_run=True)
+    p2 = ep.deploy(models[1], "v2", dry_run=True)
+    p3 = ep.shift({"v1": 90, "v2": 10}, dry_run=True)
+    assert isinstance(p1, Plan) and isinstance(p2, Plan) and isinstance(p3, Plan)
+    assert "weights v1=90, v2=10" in str(p3)
+    assert target.engines["churn"].plans == []
+    yaml_text = ep.render()
+    assert "subset: v2" in yaml_text and "weight: 10" in yaml_text
+    assert yaml_text._repr_markdown_().startswith("```yaml")
+
+
+def test_module_level_deploy_uses_the_current_endpoint(models: list[Any], tmp_path: Path) -> None:
+    ep = mlshift.endpoint("other", target=MemoryTarget())  # type: ignore[arg-type]
+    assert mlshift.current() is ep
+    version = mlshift.deploy(models[0], "v1")
+    assert isinstance(version, mlshift.Version) and ep.weights == {"v1": 100}
+
+
+def test_delete_runs_routes_first(ep: mlshift.Endpoint) -> None:
+    plan = ep.delete()
+    assert [s.kind for s in plan.steps][:2] == ["VirtualService", "DestinationRule"]
+    assert ep.weights == {}
+
+
+def test_exports_are_sorted_and_resolve() -> None:
+    assert mlshift.__all__ == sorted(mlshift.__all__)
+    for name in mlshift.__all__:
+        assert getattr(mlshift, name) is not None
