@@ -540,6 +540,61 @@ class Endpoint:
             step=parse_duration(step, what="step"),
         )
 
+    def predictions(self, since: str | float = "15m") -> pd.DataFrame:
+        """What each version predicts: class shares (or quantiles) and divergence from stable.
+
+        ``divergence`` compares each version with the one carrying the most traffic: total
+        variation distance for classifiers, PSI for regressors. Locally the counts come from
+        the servers' own ``/metrics`` (since each version started); on Kubernetes from
+        Prometheus over ``since``.
+
+        Example:
+            >>> ep.predictions(since="10m")  # doctest: +SKIP
+        """
+        from mlshift._durations import parse_duration
+        from mlshift.metrics import parse_exposition, predictions_frame, prometheus_predictions
+
+        state = self._require()
+        seconds = parse_duration(since, what="since")
+        texts = self.engine.prediction_metrics(state, since=seconds)
+        prometheus_url = getattr(self.target, "prometheus_url", None)
+        if texts:
+            stats = [s for text in texts.values() for s in parse_exposition(text, model=self.name)]
+        elif prometheus_url:
+            stats = prometheus_predictions(str(prometheus_url), model=self.name, since=seconds)
+        else:
+            stats = []
+        weights = state.traffic.weights
+        stable = max(weights, key=lambda v: weights[v]) if weights else None
+        return predictions_frame(stats, stable=stable)
+
+    def plot(
+        self, since: str | float = "5m", *, step: str | float = "10s", predictions: bool = False
+    ) -> Any:
+        """One matplotlib Figure: traffic share, error rate and p99 latency per version.
+
+        ``predictions=True`` adds a panel of what each version predicts.
+
+        Example:
+            >>> ep.plot(since="10m")  # doctest: +SKIP
+        """
+        from mlshift.plot import dashboard
+
+        frame = self.metrics(since=since, step=step)
+        preds = self.predictions(since=since) if predictions else None
+        return dashboard(frame, predictions=preds, title=f"{self.name} ({self.target.name})")
+
+    def slider(self, **options: Any) -> Any:
+        """An ipywidgets control that shifts traffic, with live per-version plots.
+
+        It does not display itself, so it composes; see ``mlshift._widgets.traffic_slider``
+        for the options. Example:
+            >>> ep.slider()  # doctest: +SKIP
+        """
+        from mlshift._widgets import traffic_slider
+
+        return traffic_slider(self, **options)
+
     def canary(
         self,
         version: str,
