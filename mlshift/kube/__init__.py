@@ -1,0 +1,16 @@
+"""The Kubernetes target: deploy versions as Istio subsets and move weights safely.
+
+``Kubernetes`` is the target (settings, cluster discovery, image push); its engine applies
+the renderer's objects in the safe order and reads them back; ``rbac`` gives the minimal
+Role the SDK needs. Importing this package does not import the ``kubernetes`` client.
+
+Example:
+    >>> import mlshift
+    >>> target = mlshift.Kubernetes(namespace="ml", registry="registry.example.com/ml")
+    >>> ep = mlshift.endpoint("churn", target=target)  # doctest: +SKIP
+"""
+
+from mlshift.kube._rbac import manifest_yaml, rbac
+from mlshift.kube._target import Kubernetes
+
+__all__ = ["Kubernetes", "manifest_yaml", "rbac"]

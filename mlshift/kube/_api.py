@@ -1,0 +1,290 @@
+"""The few Kubernetes API calls the engine makes, with errors turned into mlshift's own.
+
+Every call goes through the official ``kubernetes`` client's ``ApiClient`` (its auth, TLS and
+proxy handling) but on plain dicts: mlshift renders objects as dicts, so there is no point in
+round-tripping them through the generated models, and Istio's resources have none anyway.
+
+Writes are ``POST`` (create) and ``PATCH`` with ``application/merge-patch+json``, never
+``PUT``, each with ``fieldManager=mlshift`` so ``kubectl``/GitOps tools can see who owns what.
+Failures become ``APIError`` (``APINotFoundError`` for 404, ``APIConflictError`` for 409)
+carrying ``code``, ``message`` and ``details`` from the Kubernetes ``Status`` payload; an API
+server that cannot be reached is an ``APIError`` with code 0 naming its URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from mlshift._exceptions import APIConflictError, APIError, APINotFoundError
+
+__all__ = [
+    "DEPLOYMENTS",
+    "DESTINATION_RULES",
+    "EVENTS",
+    "FIELD_MANAGER",
+    "PODS",
+    "RESOURCES",
+    "SERVICES",
+    "VIRTUAL_SERVICES",
+    "KubeAPI",
+    "Resource",
+    "wrap_api_exception",
+]
+
+log = logging.getLogger("mlshift.kube")
+
+FIELD_MANAGER = "mlshift"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A namespaced resource type: where its objects live in the API."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    def path(self, namespace: str, name: str | None = None) -> str:
+        """Return the URL path of the collection, or of one object when ``name`` is given.
+
+        Example:
+            >>> DEPLOYMENTS.path("ml", "churn-v1")
+            '/apis/apps/v1/namespaces/ml/deployments/churn-v1'
+        """
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        path = f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+SERVICES = Resource("", "v1", "services", "Service")
+PODS = Resource("", "v1", "pods", "Pod")
+EVENTS = Resource("", "v1", "events", "Event")
+DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
+VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
+RESOURCES = {r.kind: r for r in (DEPLOYMENTS, SERVICES, PODS, EVENTS, DESTINATION_RULES)}
+RESOURCES[VIRTUAL_SERVICES.kind] = VIRTUAL_SERVICES
+
+
+def _status_payload(body: object) -> dict[str, Any]:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str) and body.strip().startswith("{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+    return {}
+
+
+def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
+    """Turn the client's ``ApiException`` (or a urllib3 error) into an ``APIError``.
+
+    ``what`` names the call for the message (``"create Deployment ml/churn-v1"``). The
+    ``Status`` payload's ``message`` and ``details`` become the error's fields.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    if not isinstance(exc, ApiException):
+        where = f" at {server}" if server else ""
+        return APIError(
+            f"cannot reach the Kubernetes API{where} to {what} ({type(exc).__name__}: {exc});"
+            " check that `kubectl get pods` works with the same context, or pass"
+            " context=/kubeconfig= to mlshift.Kubernetes()",
+            code=0,
+        )
+    code = int(exc.status or 0)
+    payload = _status_payload(exc.body)
+    reason = str(payload.get("reason") or exc.reason or "")
+    message = str(payload.get("message") or reason or "no message")
+    details = payload.get("details")
+    text = f"{what} failed: {code} {reason}: {message}".replace(": :", ":")
+    if code == 404:
+        return APINotFoundError(f"{text} (it does not exist)", code=code, details=details)
+    if code == 409:
+        return APIConflictError(
+            f"{text} (it changed since it was read; read it again and retry)",
+            code=code,
+            details=details,
+        )
+    if code in (401, 403):
+        text += (
+            "; the credentials lack permission: apply the Role from mlshift.rbac(namespace)"
+            " and bind it to your user or service account"
+        )
+    elif code == 0:
+        text += f"; is the API server{(' ' + server) if server else ''} reachable?"
+    else:
+        text += "; see the message above, fix the object or the cluster, and try again"
+    return APIError(text, code=code, details=details)
+
+
+def _dig(obj: Mapping[str, Any], dotted: str) -> Any:
+    """Return ``obj["a"]["b"]`` for ``"a.b"`` (label keys may hold dots: longest match wins)."""
+    value: Any = obj
+    parts = dotted.split(".")
+    while parts:
+        if not isinstance(value, Mapping):
+            return None
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if key in value:
+                value, parts = value[key], parts[n:]
+                break
+        else:
+            return None
+    return value
+
+
+class KubeAPI:
+    """Namespaced get/list/create/patch/delete on plain dicts, through the official client.
+
+    The ``ApiClient`` is made by ``client_factory`` on the first call, so building a
+    ``KubeAPI`` touches neither the network nor a kubeconfig.
+
+    Example:
+        >>> api = KubeAPI(lambda: new_client(), server="https://10.0.0.1")  # doctest: +SKIP
+        >>> api.get(DEPLOYMENTS, "ml", "churn-v1")["spec"]["replicas"]  # doctest: +SKIP
+        1
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        *,
+        server: str = "",
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._factory = client_factory
+        self._client: Any = None
+        self.server = server
+        self.request_timeout = request_timeout
+
+    @property
+    def client(self) -> Any:
+        """The ``kubernetes.client.ApiClient`` (created on first use)."""
+        if self._client is None:
+            self._client = self._factory()
+            host = getattr(getattr(self._client, "configuration", None), "host", "")
+            self.server = self.server or str(host or "")
+        return self._client
+
+    def close(self) -> None:
+        """Release the client's connection pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        client = self.client
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            params = client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = client.call_api(*params, _request_timeout=self.request_timeout)
+            response.read()
+            data = client.response_deserialize(response, {"2XX": "object"}).data
+        except (ApiException, HTTPError, OSError) as exc:
+            raise wrap_api_exception(exc, what, self.server) from exc
+        return data if isinstance(data, dict) else {}
+
+    def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
+        """Return one object; ``APINotFoundError`` when it does not exist."""
+        return self._call("GET", res.path(namespace, name), f"get {res.kind} {namespace}/{name}")
+
+    def list_objects(
+        self,
+        res: Resource,
+        namespace: str,
+        labels: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the objects of ``res`` in ``namespace`` carrying all of ``labels``.
+
+        ``fields`` are field selectors with dotted paths (``{"involvedObject.name": "x"}``).
+        Both selectors are sent to the server and applied again here, so the answer is right
+        even from a server that ignores selectors.
+        """
+        query = {}
+        if labels:
+            query["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        if fields:
+            query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        what = f"list {res.plural} in {namespace}"
+        data = self._call("GET", res.path(namespace), what, query=query)
+        items = [i for i in data.get("items") or () if isinstance(i, dict)]
+        return [
+            i
+            for i in items
+            if all(_dig(i, "metadata.labels." + k) == v for k, v in (labels or {}).items())
+            and all(_dig(i, k) == v for k, v in (fields or {}).items())
+        ]
+
+    def create(self, res: Resource, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create ``obj``; ``APIConflictError`` when it already exists."""
+        name = (obj.get("metadata") or {}).get("name", "?")
+        return self._call(
+            "POST",
+            res.path(namespace),
+            f"create {res.kind} {namespace}/{name}",
+            query={"fieldManager": FIELD_MANAGER},
+            body=dict(obj),
+        )
+
+    def patch(
+        self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Apply a JSON merge patch (RFC 7386): dicts merge, lists and scalars are replaced.
+
+        A ``metadata.resourceVersion`` in the patch makes the server refuse it with 409 when
+        the object changed since it was read.
+        """
+        return self._call(
+            "PATCH",
+            res.path(namespace, name),
+            f"patch {res.kind} {namespace}/{name}",
+            query={"fieldManager": FIELD_MANAGER},
+            body=dict(patch),
+            content_type=MERGE_PATCH,
+        )
+
+    def delete(self, res: Resource, namespace: str, name: str) -> bool:
+        """Delete one object (its dependents in the background); False if it was not there."""
+        try:
+            self._call(
+                "DELETE",
+                res.path(namespace, name),
+                f"delete {res.kind} {namespace}/{name}",
+                query={"propagationPolicy": "Background"},
+            )
+        except APINotFoundError:
+            return False
+        return True

@@ -1,0 +1,331 @@
+"""The Kubernetes engine: runs a plan's steps against a cluster and reads the endpoint back.
+
+Writes follow the plan's order (``mlshift._plan``): a version's Deployment, then a wait for
+its rollout, then the DestinationRule subset, then the VirtualService routes; removals run
+the other way. Three rules keep other people's work and live traffic safe:
+
+- Objects are created with ``POST`` and, when they exist, merge-patched; never ``PUT``.
+- Routes are changed by reading the VirtualService, swapping only mlshift's routes
+  (``merge_routes``) and writing a merge patch carrying the ``resourceVersion`` that was
+  read, so a concurrent change makes the API server answer 409; then it re-reads and tries
+  again, a bounded number of times, before raising ``ConflictError``.
+- A version that does not become ready raises ``NotReadyError`` with the reason from its
+  pods or events, before any route may send it traffic.
+
+The traffic history (for ``rollback``) lives in the VirtualService's
+``mlshift.io/traffic-history`` annotation, so a second notebook sees the same history.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mlshift._engine import VersionStatus
+from mlshift._exceptions import APIConflictError, APINotFoundError, ConflictError, NotReadyError
+from mlshift._render import (
+    MANAGED_BY,
+    deployment_name,
+    merge_routes,
+    render_virtual_service,
+)
+from mlshift._state import (
+    EndpointState,
+    TrafficState,
+)
+from mlshift.kube._api import (
+    DEPLOYMENTS,
+    DESTINATION_RULES,
+    EVENTS,
+    PODS,
+    RESOURCES,
+    VIRTUAL_SERVICES,
+    KubeAPI,
+)
+from mlshift.kube._live import (
+    HISTORY_ANNOTATION,
+    deadline_exceeded,
+    dig,
+    history_from_annotation,
+    history_to_annotation,
+    pod_problem,
+    rollout_progress,
+    routes_to_traffic,
+    version_from_deployment,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlshift._plan import Plan, Step
+
+__all__ = ["HISTORY_ANNOTATION", "EngineSettings", "KubernetesEngine"]
+
+log = logging.getLogger("mlshift.kube")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine behaves; the ``Kubernetes`` target fills it from its arguments."""
+
+    namespace: str
+    rollout_timeout: float = 300.0
+    """Seconds a version may take to become ready (pulling a large image takes minutes)."""
+    poll_interval: float = 1.0
+    """Seconds between rollout checks; one GET of the Deployment and one LIST of its pods."""
+    progress: bool = True
+    """Show a progress bar (tqdm.auto: a widget in notebooks) while waiting for a rollout."""
+    url: str | None = None
+    """The ingress address; ``{endpoint}`` and ``{namespace}`` are filled in."""
+    prometheus_url: str = "http://prometheus.istio-system:9090"
+    prometheus_token: str | None = None
+    conflict_attempts: int = 5
+    """Writes of the VirtualService tried before a ``ConflictError``."""
+
+
+class KubernetesEngine:
+    """Runs plans for one endpoint against a cluster (the ``Engine`` protocol).
+
+    Example:
+        >>> engine = mlshift.Kubernetes(namespace="ml").engine("churn")  # doctest: +SKIP
+        >>> state, history = engine.load("churn")  # doctest: +SKIP
+    """
+
+    target = "kubernetes"
+
+    def __init__(self, endpoint: str, api: KubeAPI, settings: EngineSettings) -> None:
+        self.endpoint = endpoint
+        self.api = api
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"<KubernetesEngine {self.settings.namespace}/{self.endpoint}>"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _get_or_none(self, res: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.api.get(res, namespace, name)
+        except APINotFoundError:
+            return None
+
+    def _deployments(self, namespace: str, endpoint: str) -> dict[str, dict[str, Any]]:
+        deps = self.api.list_objects(DEPLOYMENTS, namespace, {"app": endpoint, **MANAGED_BY})
+        return {str(dig(d, "metadata", "labels", "version")): d for d in deps}
+
+    def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
+        """Rebuild the endpoint's state and traffic history from the live objects.
+
+        A version counts once its DestinationRule subset exists (a Deployment whose rollout
+        failed is not part of the endpoint yet, so deploying it again retries the rollout).
+        """
+        ns = self.settings.namespace
+        deployments = self._deployments(ns, name)
+        dr = self._get_or_none(DESTINATION_RULES, ns, name)
+        vs = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+        subsets = [str(s.get("name")) for s in dig(dr, "spec", "subsets") or ()]
+        versions = tuple(
+            version_from_deployment(deployments[v]) for v in subsets if v in deployments
+        )
+        if not versions:
+            return None
+        names = [v.name for v in versions]
+        traffic, policy = routes_to_traffic(dig(vs, "spec", "http") or [], names)
+        hosts = tuple(h for h in dig(vs, "spec", "hosts") or () if h != name)
+        state = EndpointState(
+            name=name,
+            namespace=ns,
+            versions=versions,
+            traffic=traffic,
+            policy=policy,
+            hosts=hosts,
+            gateways=tuple(dig(vs, "spec", "gateways") or ()),
+        )
+        history = history_from_annotation(dig(vs, "metadata", "annotations", HISTORY_ANNOTATION))
+        return state, history
+
+    def _not_ready_reason(self, namespace: str, endpoint: str, version: str) -> tuple[str, bool]:
+        pods = self.api.list_objects(PODS, namespace, {"app": endpoint, "version": version})
+        return pod_problem(pods)
+
+    def _warning_events(self, namespace: str, deployment: str) -> str:
+        events = self.api.list_objects(EVENTS, namespace, fields={"type": "Warning"})
+        mine = [
+            e for e in events if str(dig(e, "involvedObject", "name") or "").startswith(deployment)
+        ]
+        if not mine:
+            return ""
+        last = mine[-1]
+        return f"{last.get('reason') or 'Warning'}: {last.get('message') or ''}".strip()
+
+    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
+        """Ask the cluster how every version is doing; ready means it can take traffic."""
+        deployments = self._deployments(state.namespace, state.name)
+        out: dict[str, VersionStatus] = {}
+        for spec in state.versions:
+            weight = int(state.traffic.weights.get(spec.name, 0))
+            dep = deployments.get(spec.name)
+            name = deployment_name(state.name, spec.name)
+            if dep is None:
+                reason = f"Deployment {state.namespace}/{name} not found; deploy the version again"
+                out[spec.name] = VersionStatus(spec.name, False, weight, reason)
+                continue
+            done, ready, want = rollout_progress(dep)
+            reason = ""
+            if not done:
+                problem, _ = self._not_ready_reason(state.namespace, state.name, spec.name)
+                reason = problem or f"{ready}/{want} replicas ready"
+            out[spec.name] = VersionStatus(
+                spec.name, ready > 0, weight, reason, replicas=want, ready_replicas=ready
+            )
+        return out
+
+    def url(self, state: EndpointState) -> str:
+        """The ingress ``url`` given to the target, else the in-cluster Service address."""
+        if self.settings.url:
+            return self.settings.url.format(endpoint=state.name, namespace=state.namespace)
+        return f"http://{state.name}.{state.namespace}.svc.cluster.local"
+
+    def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
+        """Per-version metrics from Prometheus (Istio's metrics); needs no Kubernetes API."""
+        from mlshift.metrics import istio_metrics
+
+        return istio_metrics(
+            self.settings.prometheus_url,
+            service=state.name,
+            namespace=state.namespace,
+            since=since,
+            step=step,
+            token=self.settings.prometheus_token,
+        )
+
+    def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
+        """Nothing: on a cluster the model servers' metrics are read through Prometheus."""
+        return {}
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def execute(self, plan: Plan) -> None:
+        """Run the plan's steps in order; see the module docstring for the rules."""
+        state = plan.state
+        for step in plan.steps:
+            log.info("%s/%s: %s", state.namespace, state.name, step.describe())
+            if step.action == "apply":
+                self._apply(state.namespace, step)
+            elif step.action == "wait-ready":
+                self._wait_ready(state, step.name, step.version or "")
+            elif step.action == "patch-routes":
+                routes = list((step.obj or {}).get("http") or ())
+                self._patch_routes(state, routes, plan.history)
+            elif step.action == "delete":
+                self.api.delete(RESOURCES[step.kind], state.namespace, step.name)
+        deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
+        if deleting:
+            # Deployments whose rollout failed never joined the endpoint's state: sweep them.
+            for dep in self._deployments(state.namespace, state.name).values():
+                self.api.delete(DEPLOYMENTS, state.namespace, str(dig(dep, "metadata", "name")))
+
+    def _apply(self, namespace: str, step: Step) -> None:
+        assert step.obj is not None, f"{step.describe()} has no object"
+        res = RESOURCES[step.kind]
+        try:
+            self.api.create(res, namespace, step.obj)
+        except APIConflictError:
+            # It exists: merge-patch it to the rendered form (PUT would need its
+            # resourceVersion and would drop fields other tools set).
+            self.api.patch(res, namespace, step.name, step.obj)
+
+    def _wait_ready(self, state: EndpointState, name: str, version: str) -> None:
+        from tqdm.auto import tqdm
+
+        ns, settings = state.namespace, self.settings
+        started = time.monotonic()
+        deadline = started + settings.rollout_timeout
+        bar = tqdm(desc=f"rollout {name}", total=1, unit="pod", disable=not settings.progress)
+        try:
+            while True:
+                dep = self.api.get(DEPLOYMENTS, ns, name)
+                done, ready, want = rollout_progress(dep)
+                bar.total, bar.n = want, min(ready, want)
+                bar.refresh()
+                if done:
+                    log.info("%s/%s ready in %.1f s", ns, name, time.monotonic() - started)
+                    return
+                problem, fatal = self._not_ready_reason(ns, state.name, version)
+                stuck = deadline_exceeded(dep)
+                timed_out = time.monotonic() >= deadline
+                if fatal or stuck or timed_out:
+                    problem = problem or stuck or self._warning_events(ns, name)
+                    waited = time.monotonic() - started
+                    why = "" if fatal else f" within {waited:.0f} s (rollout_timeout)"
+                    raise NotReadyError(
+                        f"version {version!r} ({ns}/{name}) did not become ready{why}: "
+                        f"{problem or f'{ready}/{want} replicas ready'}. No route sends it"
+                        f" traffic. See `kubectl -n {ns} describe deployment {name}`; fix the"
+                        " cause (image, resources, model) and deploy again, or ep.delete()",
+                        reason=(problem or "timeout").split(":")[0],
+                    )
+                time.sleep(settings.poll_interval)
+        finally:
+            bar.close()
+
+    def _patch_routes(
+        self,
+        state: EndpointState,
+        managed: list[dict[str, Any]],
+        history: Sequence[TrafficState],
+    ) -> None:
+        ns, name = state.namespace, state.name
+        annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
+        last: Exception | None = None
+        for attempt in range(1, self.settings.conflict_attempts + 1):
+            live = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+            try:
+                if live is None:
+                    vs = render_virtual_service(state)
+                    vs["spec"]["http"] = managed
+                    vs["metadata"]["annotations"] = annotations
+                    self.api.create(VIRTUAL_SERVICES, ns, vs)
+                else:
+                    self.api.patch(
+                        VIRTUAL_SERVICES, ns, name, _routes_patch(state, live, managed, annotations)
+                    )
+                return
+            except APIConflictError as exc:
+                last = exc
+                log.info(
+                    "VirtualService %s/%s changed meanwhile (try %d); re-reading", ns, name, attempt
+                )
+                if attempt < self.settings.conflict_attempts:
+                    time.sleep(min(0.05 * 2**attempt, 1.0))
+        raise ConflictError(
+            f"VirtualService {ns}/{name} kept changing while mlshift wrote its routes"
+            f" ({self.settings.conflict_attempts} tries); someone else is editing it. Routing is"
+            " as they left it: check ep.status() and try again"
+        ) from last
+
+
+def _routes_patch(
+    state: EndpointState,
+    live: Mapping[str, Any],
+    managed: list[dict[str, Any]],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    """The merge patch for a live VirtualService: mlshift's routes swapped, the rest kept."""
+    spec = live.get("spec") or {}
+    patch_spec: dict[str, Any] = {"http": merge_routes(spec.get("http"), managed)}
+    wanted = [state.name, *state.hosts]
+    hosts = list(spec.get("hosts") or ())
+    if any(h not in hosts for h in wanted):
+        patch_spec["hosts"] = [*hosts, *(h for h in wanted if h not in hosts)]
+    gateways = list(spec.get("gateways") or ())
+    if state.gateways and any(g not in gateways for g in state.gateways):
+        patch_spec["gateways"] = [*gateways, *(g for g in state.gateways if g not in gateways)]
+    metadata: dict[str, Any] = {"annotations": dict(annotations)}
+    version = dig(live, "metadata", "resourceVersion")
+    if version:
+        metadata["resourceVersion"] = version
+    return {"metadata": metadata, "spec": patch_spec}
