@@ -297,7 +297,12 @@ class Endpoint:
                 )
             spec = self.target.prepare_version(bundle, self.name, version, dry_run=dry_run)
         spec = dataclasses.replace(spec, replicas=replicas)
-        base = old or EndpointState(self.name, namespace=self.target.namespace())
+        base = old or EndpointState(
+            self.name,
+            namespace=self.target.namespace(),
+            hosts=tuple(getattr(self.target, "hosts", ())),
+            gateways=tuple(getattr(self.target, "gateways", ())),
+        )
         plan = self._apply(old, base.with_version(spec), dry_run=dry_run)
         if dry_run:
             return plan

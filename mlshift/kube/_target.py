@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,6 +90,10 @@ class Kubernetes:
         progress: show progress bars for pushes and rollouts.
         poll_interval: seconds between rollout checks.
         service_account_dir: where the in-cluster service account files are.
+        gateways: Istio gateways the VirtualService binds to, e.g.
+            ``["istio-system/ingressgateway"]`` (default: the mesh only). Add ``"mesh"`` too
+            to keep in-cluster callers routed.
+        hosts: extra VirtualService hosts, e.g. the external host name of the gateway.
 
     Example:
         >>> import mlshift
@@ -117,6 +121,8 @@ class Kubernetes:
         progress: bool = True,
         poll_interval: float = 1.0,
         service_account_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR,
+        gateways: Sequence[str] = (),
+        hosts: Sequence[str] = (),
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -140,6 +146,8 @@ class Kubernetes:
         self.progress = progress
         self.poll_interval = float(poll_interval)
         self.service_account_dir = Path(service_account_dir)
+        self.gateways = tuple(gateways)
+        self.hosts = tuple(hosts)
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 

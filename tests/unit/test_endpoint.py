@@ -121,3 +121,26 @@ def test_exports_are_sorted_and_resolve() -> None:
     assert mlshift.__all__ == sorted(mlshift.__all__)
     for name in mlshift.__all__:
         assert getattr(mlshift, name) is not None
+
+
+def test_kubernetes_dry_run_needs_no_cluster_and_binds_the_gateway(
+    models: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    target = mlshift.Kubernetes(
+        namespace="ml",
+        registry="registry.example.com/ml",
+        gateways=["istio-system/ingressgateway", "mesh"],
+        hosts=["churn.example.com"],
+        service_account_dir=tmp_path / "no-sa",
+    )
+    ep = mlshift.Endpoint("churn", target)
+    ep.deploy(models[0], "v1", dry_run=True)
+    ep.deploy(models[1], "v2", dry_run=True)
+    plan = ep.shift({"v1": 80, "v2": 20}, dry_run=True)
+    assert "weights v1=80, v2=20" in str(plan)
+    text = ep.render()
+    assert "image: registry.example.com/ml/churn:churn-v2" in text
+    assert "- istio-system/ingressgateway" in text
+    assert "- churn.example.com" in text
