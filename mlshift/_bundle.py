@@ -1,0 +1,425 @@
+"""The bundle writer: turn a trained model into a self-describing directory model_server can serve.
+
+A bundle is the model file plus ``mlshift.json`` (format described in ``model_server._bundle``,
+whose constants and digest check this module reuses; model_server never imports mlshift). The
+writer picks the flavor, prefers skops (a format that does not execute code on load) and falls
+back to cloudpickle, detects the exact library versions the model's objects come from, infers
+the input schema from a sample and records what the model outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlshift._exceptions import BundleError, DigestMismatchError
+from mlshift._names import check_name
+from model_server._bundle import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    file_sha256,
+    read_manifest,
+    verify_digest,
+)
+from model_server._errors import BundleReadError, DigestMismatch
+
+__all__ = ["BundleInfo", "as_bundle", "bundle", "read_bundle", "write_bundle"]
+
+log = logging.getLogger("mlshift.bundle")
+
+DEFAULT_ROOT = Path(".mlshift") / "bundles"
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a bundle directory holds, as written or as read back and verified.
+
+    Attributes:
+        path: The bundle directory.
+        sha256: Hex sha256 of the model file.
+        flavor: ``sklearn``, ``xgboost``, ``lightgbm`` or ``pyfunc``.
+        serializer: ``skops`` or ``cloudpickle``.
+        requirements: Pip distribution name -> exact version the model needs.
+        manifest: The full ``mlshift.json``.
+    """
+
+    path: Path
+    sha256: str
+    flavor: str
+    serializer: str
+    requirements: dict[str, str] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def version(self) -> str:
+        """The version label recorded in the manifest."""
+        return str(self.manifest.get("version", ""))
+
+    @property
+    def name(self) -> str:
+        """The model name recorded in the manifest, or ``"model"``."""
+        return str(self.manifest.get("name") or "model")
+
+
+# ---------------------------------------------------------------- detection
+
+
+def _flavor(model: Any) -> str:
+    top = type(model).__module__.split(".")[0]
+    if top in ("xgboost", "lightgbm"):
+        return top
+    if top == "sklearn" or _is_sklearn_estimator(model):
+        return "sklearn"
+    if callable(getattr(model, "predict", None)):
+        return "pyfunc"
+    raise BundleError(
+        f"cannot bundle a {type(model).__name__}: it has no predict() method; pass a fitted"
+        " scikit-learn, XGBoost or LightGBM model, or any object with predict(X)"
+    )
+
+
+def _is_sklearn_estimator(model: Any) -> bool:
+    if "sklearn" not in sys.modules:
+        return False
+    from sklearn.base import BaseEstimator
+
+    return isinstance(model, BaseEstimator)
+
+
+class _NullWriter:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _local_modules(model: Any) -> list[Any]:
+    """Modules of the model's class that are not installed packages (pickled by value)."""
+    name = type(model).__module__
+    module = sys.modules.get(name)
+    if module is None or name == "__main__" or name.split(".")[0] in sys.stdlib_module_names:
+        return []
+    origin = getattr(module, "__file__", None) or ""
+    installed = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    if any(origin.startswith(p) for p in installed):
+        return []
+    return [module]
+
+
+def detect_requirements(model: Any) -> dict[str, str]:
+    """Return ``{distribution: version}`` for every installed package the model's objects use.
+
+    Walks the model the way pickle does and maps each module it meets to its pip distribution.
+
+    Example:
+        >>> detect_requirements(RandomForestClassifier().fit(X, y))  # doctest: +SKIP
+        {'numpy': '2.1.3', 'scikit-learn': '1.5.2'}
+    """
+    from importlib import metadata
+
+    import cloudpickle
+
+    modules: set[str] = set()
+
+    class Recorder(cloudpickle.CloudPickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            mod = getattr(obj, "__module__", None) if isinstance(obj, type) else None
+            modules.add(str(mod or type(obj).__module__ or ""))
+            if callable(obj) and not isinstance(obj, type):
+                modules.add(str(getattr(obj, "__module__", "") or ""))
+            return super().reducer_override(obj)
+
+    try:
+        Recorder(_NullWriter(), protocol=5).dump(model)
+    except Exception as exc:
+        raise BundleError(
+            f"cannot serialize the {type(model).__name__}: {type(exc).__name__}: {exc};"
+            " make sure the model holds no open files, locks or connections"
+        ) from exc
+    owners = metadata.packages_distributions()
+    found: dict[str, str] = {}
+    for mod in modules:
+        top = mod.split(".")[0]
+        if not top or top in sys.stdlib_module_names or top == "builtins":
+            continue
+        for dist in owners.get(top, []):
+            try:
+                found[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+    return dict(sorted(found.items()))
+
+
+# ---------------------------------------------------------------- schema and output
+
+
+def infer_schema(sample: Any) -> dict[str, Any] | None:
+    """Infer the input schema from a sample: DataFrame columns and dtypes, or array shape.
+
+    Example:
+        >>> infer_schema(np.zeros((5, 20)))  # doctest: +SKIP
+        {'kind': 'array', 'shape': [None, 20], 'dtype': 'float64'}
+    """
+    if sample is None:
+        return None
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(sample, pd.DataFrame):
+        return {
+            "kind": "dataframe",
+            "columns": [{"name": str(c), "dtype": str(t)} for c, t in sample.dtypes.items()],
+        }
+    try:
+        arr = np.asarray(sample)
+    except ValueError as exc:
+        raise BundleError(
+            f"cannot read the sample as an array ({exc}); pass a DataFrame or a 2-D array"
+        ) from exc
+    if arr.ndim == 0 or arr.dtype.kind not in "fiub":
+        raise BundleError(
+            f"sample must be a pandas DataFrame or a numeric array of rows, got {arr.dtype} with"
+            f" shape {arr.shape}; pass e.g. X_test[:5]"
+        )
+    return {"kind": "array", "shape": [None, *arr.shape[1:]], "dtype": str(arr.dtype)}
+
+
+def _output(model: Any, sample: Any) -> dict[str, Any]:
+    import numpy as np
+
+    try:
+        classes = getattr(model, "classes_", None)
+    except AttributeError:  # a Pipeline whose last step has no classes_
+        classes = None
+    is_classifier = classes is not None
+    if not is_classifier and _is_sklearn_estimator(model):
+        from sklearn.base import is_classifier as sk_is_classifier
+
+        is_classifier = bool(sk_is_classifier(model))
+    out: dict[str, Any] = {
+        "method": "predict",
+        "task": "classification" if is_classifier else "regression",
+        "classes": np.asarray(classes).tolist() if classes is not None else None,
+    }
+    if sample is not None:
+        try:
+            predictions = np.asarray(model.predict(sample))
+        except Exception as exc:
+            raise BundleError(
+                f"model.predict(sample) failed with {type(exc).__name__}: {exc}; pass a sample"
+                " the model accepts (rows shaped like its training data)"
+            ) from exc
+        if not is_classifier and predictions.dtype.kind in "fiu":
+            values = predictions[np.isfinite(predictions)].astype(float)
+            lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+            if hi > lo:  # spread buckets around what the sample predicts, half a range either side
+                pad = (hi - lo) / 2
+                edges = np.linspace(lo - pad, hi + pad, 12)
+                out["buckets"] = sorted({float(f"{e:.6g}") for e in edges})
+    return out
+
+
+# ---------------------------------------------------------------- serialization
+
+
+def _serialize(model: Any, flavor: str, workdir: Path) -> tuple[str, str, list[str]]:
+    if flavor != "pyfunc":
+        try:
+            import skops.io
+
+            data = skops.io.dumps(model)
+            trusted = [str(t) for t in skops.io.get_untrusted_types(data=data)]
+            skops.io.loads(data, trusted=trusted)  # prove it reads back before choosing it
+            (workdir / "model.skops").write_bytes(data)
+            return "model.skops", "skops", trusted
+        except Exception as exc:
+            log.info(
+                "skops cannot store this %s (%s); using cloudpickle", type(model).__name__, exc
+            )
+    import cloudpickle
+
+    local = _local_modules(model)
+    for module in local:  # classes defined outside installed packages travel with the model
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        buffer = io.BytesIO()
+        cloudpickle.dump(model, buffer, protocol=5)
+    except Exception as exc:
+        raise BundleError(
+            f"cannot pickle the {type(model).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for module in local:
+            cloudpickle.unregister_pickle_by_value(module)
+    (workdir / "model.pkl").write_bytes(buffer.getvalue())
+    return "model.pkl", "cloudpickle", []
+
+
+def _info(path: Path, manifest: dict[str, Any]) -> BundleInfo:
+    return BundleInfo(
+        path=path,
+        sha256=str(manifest["sha256"]),
+        flavor=str(manifest["flavor"]),
+        serializer=str(manifest["serializer"]),
+        requirements={str(k): str(v) for k, v in (manifest.get("requirements") or {}).items()},
+        manifest=manifest,
+    )
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    if dest.exists():
+        if not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST_NAME).exists()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BundleError(
+                f"{str(dest)!r} exists and is not a bundle; pick another path or remove it"
+            )
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def write_bundle(
+    model: Any,
+    version: str,
+    *,
+    sample: Any = None,
+    dest: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+) -> BundleInfo:
+    """Write ``model`` as a bundle directory and return what was written.
+
+    Args:
+        model: A fitted scikit-learn estimator or pipeline, XGBoost or LightGBM model (through
+            their scikit-learn API), or any object with ``predict``.
+        version: The version label (a DNS-1123 label such as ``"v2"``).
+        sample: A few input rows (DataFrame or array); gives the input schema the server
+            validates against, and is run through ``predict`` once as a check.
+        dest: Bundle directory; default ``.mlshift/bundles/<name>-<version>``. An existing
+            bundle there is replaced.
+        name: Model name recorded in the manifest (the server's URL name).
+
+    Raises:
+        InvalidNameError: ``version`` or ``name`` is not a DNS-1123 label.
+        BundleError: The model cannot be serialized or does not accept its sample.
+
+    Example:
+        >>> info = write_bundle(model, "v1", sample=X_test[:5])  # doctest: +SKIP
+        >>> info.flavor, info.serializer  # doctest: +SKIP
+        ('sklearn', 'skops')
+    """
+    check_name(version, kind="version")
+    if name is not None:
+        check_name(name, kind="model name")
+    flavor = _flavor(model)
+    target = Path(dest) if dest is not None else DEFAULT_ROOT / f"{name or 'model'}-{version}"
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    schema = infer_schema(sample)
+    output = _output(model, sample)
+    requirements = detect_requirements(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        file_name, serializer, trusted = _serialize(model, flavor, tmp)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "flavor": flavor,
+            "serializer": serializer,
+            "file": file_name,
+            "sha256": file_sha256(tmp / file_name),
+            "python": platform.python_version(),
+            "requirements": requirements,
+            "input_schema": schema,
+            "output": output,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if trusted:
+            manifest["trusted_types"] = trusted
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, target)
+    log.info("bundled %s %s as %s (%s, %s)", name or "model", version, target, flavor, serializer)
+    return _info(target, manifest)
+
+
+def bundle(
+    model: Any, version: str, *, sample: Any = None, path: str | os.PathLike[str] | None = None
+) -> BundleInfo:
+    """Bundle a trained model for serving: the model file plus ``mlshift.json``.
+
+    Example:
+        >>> info = mlshift.bundle(model, "v2", sample=X_test[:5])  # doctest: +SKIP
+        >>> info.manifest["input_schema"]["kind"]  # doctest: +SKIP
+        'dataframe'
+    """
+    return write_bundle(model, version, sample=sample, dest=path)
+
+
+def read_bundle(path: str | os.PathLike[str]) -> BundleInfo:
+    """Read a bundle directory and verify its digest (without deserializing the model).
+
+    Raises:
+        DigestMismatchError: The model file was changed after bundling.
+        BundleError: The directory is not a readable bundle.
+
+    Example:
+        >>> read_bundle(".mlshift/bundles/churn-v1").flavor  # doctest: +SKIP
+        'sklearn'
+    """
+    bundle_dir = Path(path).absolute()
+    try:
+        manifest = read_manifest(bundle_dir)
+        verify_digest(bundle_dir, manifest)
+    except DigestMismatch as exc:
+        raise DigestMismatchError(str(exc)) from exc
+    except BundleReadError as exc:
+        raise BundleError(str(exc)) from exc
+    return _info(bundle_dir, manifest)
+
+
+def as_bundle(
+    model_or_path: Any,
+    version: str,
+    *,
+    sample: Any = None,
+    dest: str | os.PathLike[str] | None = None,
+) -> BundleInfo:
+    """Return a verified bundle for a model, an existing bundle directory, or a ``BundleInfo``.
+
+    Existing bundles are read and verified, never re-written.
+
+    Example:
+        >>> as_bundle(".mlshift/bundles/churn-v1", "v1").sha256  # doctest: +SKIP
+        '3f1c...'
+    """
+    if isinstance(model_or_path, BundleInfo):
+        info = read_bundle(model_or_path.path)
+    elif isinstance(model_or_path, str | os.PathLike):
+        candidate = Path(model_or_path)
+        if not (candidate / MANIFEST_NAME).is_file():
+            raise BundleError(
+                f"{str(candidate)!r} is not a bundle directory (no {MANIFEST_NAME});"
+                " pass a model object or a directory written by mlshift.bundle()"
+            )
+        info = read_bundle(candidate)
+    else:
+        return write_bundle(model_or_path, version, sample=sample, dest=dest)
+    if info.version != version:
+        log.info(
+            "bundle %s was made as %r and is used as version %r", info.path, info.version, version
+        )
+    return info

@@ -1,0 +1,350 @@
+"""The ASGI application: routing, health, inference endpoints and /metrics, with no framework.
+
+A raw ASGI callable keeps per-request overhead to parsing the path, reading the body, one
+orjson decode and one encode: the model is the only thing that should cost time. Every response
+carries ``x-mlshift-version``; every error is JSON ``{"error": ..., "field": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+import orjson
+
+from model_server._batcher import Batcher, ModelCallError
+from model_server._bundle import LoadedBundle
+from model_server._errors import InvalidInput
+from model_server._metrics import CONTENT_TYPE, ServerMetrics
+from model_server._oip import decode_v2, encode_v2
+from model_server._protocol import (
+    Decoded,
+    InputSchema,
+    decode_v1,
+    encode_v1,
+    to_model_input,
+)
+from model_server._settings import Settings
+
+__all__ = ["ModelApp", "create_app"]
+
+log = logging.getLogger("mlshift.model_server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = b"application/json"
+_SIMPLE_ROUTES = ("/v2/health/live", "/v2/health/ready", "/v2", "/metrics", "/")
+SERVER_NAME = "mlshift-model-server"
+SERVER_VERSION = "0.1.0"
+
+
+class ModelApp:
+    """Serve one loaded bundle over KServe v1, OIP v2 and Prometheus text.
+
+    Attributes:
+        ready: False until startup finished and again from the moment draining starts.
+        inflight: Requests currently being answered (the drain waits for 0).
+
+    Example:
+        >>> app = ModelApp(load_bundle("bundle"), Settings(model_dir="bundle"))  # doctest: +SKIP
+        >>> uvicorn.run(app, port=8080)  # doctest: +SKIP
+    """
+
+    def __init__(self, loaded: LoadedBundle, settings: Settings) -> None:
+        self.loaded = loaded
+        self.settings = settings
+        self.name = settings.name or loaded.name
+        self.version = settings.version or loaded.version
+        self.schema = InputSchema.from_manifest(loaded.input_schema)
+        output = loaded.output
+        self.method = str(output.get("method") or "predict")
+        self.task = str(output.get("task") or "regression")
+        classes = output.get("classes")
+        self.classes: list[Any] | None = list(classes) if isinstance(classes, list) else None
+        self.metrics = ServerMetrics(
+            self.name, self.version, task=self.task, value_buckets=output.get("buckets")
+        )
+        self.batcher = Batcher(
+            self._predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000.0,
+            observe=self._observe,
+        )
+        self.ready = False
+        self.draining = False
+        self.inflight = 0
+        self._version_header = (b"x-mlshift-version", self.version.encode())
+        self._v1_prefix = f"/v1/models/{self.name}"
+        self._v2_prefix = f"/v2/models/{self.name}"
+        self._versions = f"/versions/{self.version}"
+
+    # ------------------------------------------------------------------ model side
+
+    def _predict(self, items: Sequence[Decoded]) -> Any:
+        """Runs in the worker thread."""
+        model_input = to_model_input(items, self.schema)
+        return getattr(self.loaded.model, items[0].method)(model_input)
+
+    def _observe(self, rows: int, predictions: Any) -> None:
+        self.metrics.observe_batch(rows)
+        self.metrics.observe_predictions(predictions, self.classes)
+
+    def start_draining(self) -> None:
+        """Turn readiness false; requests keep being served until the process exits."""
+        if not self.draining:
+            log.info("draining: readiness is now false, %d requests in flight", self.inflight)
+        self.draining = True
+        self.ready = False
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.batcher.start()
+                self.ready = True
+                log.info("serving model %r version %r", self.name, self.version)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await self.batcher.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self.inflight += 1
+        route = self.route_label(scope["path"])
+        status = 500
+        try:
+            status, body, ctype = await self._dispatch(scope, receive)
+        except InvalidInput as exc:
+            status, ctype = exc.status, _JSON
+            body = orjson.dumps({"error": exc.message, "field": exc.field})
+        except Exception as exc:  # never let a bug take the connection down without an answer
+            log.exception("unexpected error answering %s", scope.get("path"))
+            status, ctype = 500, _JSON
+            body = orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
+        finally:
+            self.inflight -= 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype),
+                    (b"content-length", str(len(body)).encode()),
+                    self._version_header,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.observe_request(route, status, time.perf_counter() - started)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                raise InvalidInput(
+                    f"request body is {int(value)} bytes; the limit is {limit}"
+                    " (MLSHIFT_MAX_BODY_BYTES): send fewer rows per request",
+                    field="body",
+                    status=413,
+                )
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("client went away", field="body", status=400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise InvalidInput(
+                    f"request body exceeds the limit of {limit} bytes (MLSHIFT_MAX_BODY_BYTES):"
+                    " send fewer rows per request",
+                    field="body",
+                    status=413,
+                )
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _json(self, doc: Any, status: int = 200) -> tuple[int, bytes, bytes]:
+        return status, orjson.dumps(doc), _JSON
+
+    def route_label(self, path: str) -> str:
+        """The bounded ``route`` label of a path (``other`` for anything unknown)."""
+        for prefix, template, known in (
+            (self._v2_prefix, "/v2/models/{m}", ("", "/ready", "/infer")),
+            (self._v1_prefix, "/v1/models/{m}", ("", ":predict")),
+        ):
+            if path.startswith(prefix):
+                rest = path[len(prefix) :]
+                if rest.startswith(self._versions):
+                    rest = rest[len(self._versions) :]
+                return template + rest if rest in known else "other"
+        path = path.rstrip("/") or "/"
+        return path if path in _SIMPLE_ROUTES else "other"
+
+    async def _dispatch(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/v2/models/") or path.startswith("/v1/models/"):
+            return await self._model_route(path, method, scope, receive)
+        simple = {
+            "/v2/health/live": self._live,
+            "/v2/health/ready": self._ready,
+            "/v2": self._server_metadata,
+            "/metrics": self._metrics,
+            "/": self._server_metadata,
+        }
+        handler = simple.get(path.rstrip("/") or "/")
+        if handler is None:
+            raise InvalidInput(
+                f"no route {path}; try /v2/models/{self.name}/infer,"
+                f" /v1/models/{self.name}:predict, /v2/health/ready or /metrics",
+                field="path",
+                status=404,
+            )
+        if method not in ("GET", "HEAD"):
+            raise InvalidInput(f"{path} takes GET, not {method}", field="method", status=405)
+        return handler()
+
+    def _live(self) -> tuple[int, bytes, bytes]:
+        return self._json({"live": True})
+
+    def _ready(self) -> tuple[int, bytes, bytes]:
+        return self._json({"ready": self.ready}, 200 if self.ready else 503)
+
+    def _server_metadata(self) -> tuple[int, bytes, bytes]:
+        return self._json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+
+    def _metrics(self) -> tuple[int, bytes, bytes]:
+        return 200, self.metrics.render(), CONTENT_TYPE.encode()
+
+    def _model_metadata(self) -> dict[str, Any]:
+        if self.schema.kind == "dataframe":
+            inputs = [
+                {"name": c, "datatype": _v2_type(d), "shape": [-1]}
+                for c, d in zip(self.schema.columns, self.schema.dtypes, strict=True)
+            ]
+        elif self.schema.kind == "array":
+            shape = [-1 if d is None else d for d in self.schema.shape]
+            inputs = [{"name": "input-0", "datatype": _v2_type(self.schema.dtype), "shape": shape}]
+        else:
+            inputs = []
+        outputs = [
+            {"name": "predict", "datatype": "BYTES" if self.classes else "FP64", "shape": [-1]}
+        ]
+        if callable(getattr(self.loaded.model, "predict_proba", None)):
+            outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, -1]})
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": f"mlshift-{self.loaded.manifest['flavor']}",
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+
+    async def _model_route(
+        self, path: str, method: str, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, bytes]:
+        if path.startswith("/v1/"):
+            prefix, rest = self._v1_prefix, path[len(self._v1_prefix) :]
+            known = path.startswith(prefix) and rest in ("", ":predict")
+        else:
+            prefix, rest = self._v2_prefix, path[len(self._v2_prefix) :]
+            if rest.startswith(self._versions):
+                rest = rest[len(self._versions) :]
+            known = path.startswith(prefix) and rest in ("", "/ready", "/infer")
+        if not known:
+            asked = path.split("/")[3].split(":", maxsplit=1)[0]
+            if asked != self.name:
+                raise InvalidInput(
+                    f"model {asked!r} is not served here; this server serves {self.name!r}"
+                    f" version {self.version!r}",
+                    field="model",
+                    status=404,
+                )
+            raise InvalidInput(f"no route {path}", field="path", status=404)
+        if rest in (":predict", "/infer"):
+            if method != "POST":
+                raise InvalidInput(f"{path} takes POST, not {method}", field="method", status=405)
+            return await self._infer(rest == "/infer", scope, receive)
+        if method not in ("GET", "HEAD"):
+            raise InvalidInput(f"{path} takes GET, not {method}", field="method", status=405)
+        if rest == "/ready":
+            return self._json({"name": self.name, "ready": self.ready}, 200 if self.ready else 503)
+        if path.startswith("/v1/"):
+            return self._json({"name": self.name, "ready": self.ready})
+        return self._json(self._model_metadata())
+
+    async def _infer(self, v2: bool, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        body = await self._read_body(scope, receive)
+        request_id = None
+        if v2:
+            header_length = None
+            for key, value in scope["headers"]:
+                if key == b"inference-header-content-length":
+                    if not value.isdigit():
+                        raise InvalidInput(
+                            "Inference-Header-Content-Length must be a byte count",
+                            field="Inference-Header-Content-Length",
+                            status=400,
+                        )
+                    header_length = int(value)
+            decoded, request_id = decode_v2(
+                body, self.schema, self.method, header_length=header_length
+            )
+        else:
+            decoded = decode_v1(body, self.schema, self.method)
+        if not callable(getattr(self.loaded.model, decoded.method, None)):
+            raise InvalidInput(
+                f"this model has no {decoded.method}(); ask for output 'predict'", field="outputs"
+            )
+        try:
+            predictions = await self.batcher.submit(decoded)
+        except ModelCallError as exc:
+            return self._json({"error": exc.message}, 500)
+        if v2:
+            return (
+                200,
+                encode_v2(predictions, decoded.method, self.name, self.version, request_id),
+                _JSON,
+            )
+        return 200, encode_v1(predictions, self.name, self.version), _JSON
+
+
+def _v2_type(dtype: str) -> str:
+    d = dtype.lower()
+    table = {
+        "float64": "FP64",
+        "float32": "FP32",
+        "int64": "INT64",
+        "int32": "INT32",
+        "bool": "BOOL",
+    }
+    return table.get(d, "BYTES" if d in ("object", "string", "str", "category") else "FP64")
+
+
+def create_app(loaded: LoadedBundle, settings: Settings) -> ModelApp:
+    """Build the ASGI app for a loaded bundle.
+
+    Example:
+        >>> app = create_app(load_bundle("bundle"), Settings(model_dir="bundle"))  # doctest: +SKIP
+    """
+    return ModelApp(loaded, settings)

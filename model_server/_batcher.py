@@ -1,0 +1,168 @@
+"""Adaptive batching: coalesce concurrent requests into one predict call, run it off the loop.
+
+Requests queue on the event loop; a single runner takes whatever has queued (up to
+``max_batch_size`` rows, optionally waiting ``max_wait_s`` for more), merges same-layout requests
+into one model input, calls the model in a worker thread so the loop keeps accepting and parsing,
+and hands each caller exactly its own rows back. While one call runs the next batch forms, which
+is what makes batching adaptive: an idle server answers a lone request at once, a busy one
+amortises the model's per-call cost over every request that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model_server._protocol import Decoded, split_predictions
+
+__all__ = ["Batcher", "ModelCallError"]
+
+log = logging.getLogger("mlshift.model_server")
+
+PredictFn = Callable[[Sequence[Decoded]], Any]
+ObserveFn = Callable[[int, Any], None]
+
+
+class ModelCallError(Exception):
+    """The model raised; ``message`` is what the client sees in the 500 body."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class _Item:
+    decoded: Decoded
+    future: asyncio.Future[np.ndarray[Any, Any]] = field(repr=False)
+
+
+class Batcher:
+    """Queue requests and run them through ``predict`` in batches.
+
+    Args:
+        predict: Called in the worker thread with a list of same-key ``Decoded`` requests;
+            returns predictions for all their rows, in order.
+        max_batch_size: Most rows per call (a bigger single request runs alone).
+        max_wait_s: How long to wait for more requests once the first is queued (0 = greedy).
+        observe: Called on the loop after each successful call with (rows, predictions).
+
+    Example:
+        >>> batcher = Batcher(lambda items: run_model(items), max_batch_size=64)  # doctest: +SKIP
+        >>> rows = await batcher.submit(decoded)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        predict: PredictFn,
+        *,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.0,
+        observe: ObserveFn | None = None,
+    ) -> None:
+        self._predict = predict
+        self._max_rows = max_batch_size
+        self._max_wait = max_wait_s
+        self._observe = observe
+        self._pending: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+        # One thread: the model runs one batch at a time while the loop builds the next.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlshift-predict")
+
+    def start(self) -> None:
+        """Start the runner task on the running loop."""
+        self._wakeup = asyncio.Event()
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="mlshift-batcher")
+
+    async def stop(self) -> None:
+        """Stop the runner (after the current batch) and the worker thread."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ModelCallError("the server is shutting down"))
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+    async def submit(self, decoded: Decoded) -> np.ndarray[Any, Any]:
+        """Queue one request and wait for its own predictions."""
+        if self._wakeup is None:
+            raise RuntimeError("Batcher.start() was not called")
+        future: asyncio.Future[np.ndarray[Any, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Item(decoded, future))
+        self._wakeup.set()
+        return await future
+
+    def _take(self) -> list[_Item]:
+        """Take the oldest request and every queued one with the same key that still fits."""
+        first = self._pending.popleft()
+        batch, rows, key = [first], first.decoded.rows, first.decoded.key
+        rest: deque[_Item] = deque()
+        while self._pending and rows < self._max_rows:
+            item = self._pending.popleft()
+            if item.decoded.key == key and rows + item.decoded.rows <= self._max_rows:
+                batch.append(item)
+                rows += item.decoded.rows
+            else:
+                rest.append(item)
+        rest.extend(self._pending)
+        self._pending = rest
+        return batch
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._max_wait > 0:
+                deadline = loop.time() + self._max_wait
+                while sum(i.decoded.rows for i in self._pending) < self._max_rows:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+            batch = self._take()
+            await self._call(batch, loop)
+
+    async def _call(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        decoded = [item.decoded for item in batch]
+        try:
+            predictions = await loop.run_in_executor(self._pool, self._predict, decoded)
+            parts = split_predictions(predictions, decoded)
+        except Exception as exc:
+            if len(batch) > 1:
+                # One caller's rows may be what broke the model: retry each alone, so only
+                # that caller gets the 500.
+                for item in batch:
+                    await self._call([item], loop)
+                return
+            log.exception("model call failed on %d rows", decoded[0].rows)
+            message = f"the model raised {type(exc).__name__}: {exc}"
+            if not batch[0].future.done():
+                batch[0].future.set_exception(ModelCallError(message))
+            return
+        if self._observe is not None:
+            try:
+                self._observe(sum(d.rows for d in decoded), predictions)
+            except Exception:
+                log.exception("recording prediction metrics failed; predictions are unaffected")
+        for item, part in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result(part)

@@ -1,0 +1,119 @@
+"""Server settings: one frozen dataclass, filled from flags, then environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Settings", "parse_settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one model_server process runs.
+
+    Attributes:
+        model_dir: The bundle directory (``MLSHIFT_MODEL_DIR``; ``/opt/mlshift/model`` in images).
+        host: Interface to bind (``HOST``); ``0.0.0.0`` so a pod is reachable, the local mesh
+            passes ``127.0.0.1``.
+        port: TCP port (``PORT``); 8080 is the container port every Service targets.
+        name: Model name in URLs (``MLSHIFT_MODEL_NAME``); ``None`` takes the bundle's name or
+            ``"model"``.
+        version: Version label (``MLSHIFT_MODEL_VERSION``); ``None`` takes the bundle's.
+        max_batch_size: Most rows coalesced into one ``predict`` call (``MLSHIFT_MAX_BATCH_SIZE``);
+            64 keeps a forest's batch cost near its single-row cost.
+        max_batch_wait_ms: How long a batch waits for more requests once the model is idle
+            (``MLSHIFT_MAX_BATCH_WAIT_MS``). 0 means greedy batching: whatever queued while the
+            model was busy goes into the next call, so a lone request is never delayed.
+        max_body_bytes: Largest request body accepted (``MLSHIFT_MAX_BODY_BYTES``), 8 MiB; larger
+            bodies get 413 before being read in full.
+        grace_period_s: After SIGTERM, how long in-flight requests may take before the process
+            exits anyway (``MLSHIFT_GRACE_PERIOD_S``); below Kubernetes' 30 s default.
+    """
+
+    model_dir: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    name: str | None = None
+    version: str | None = None
+    max_batch_size: int = 64
+    max_batch_wait_ms: float = 0.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    grace_period_s: float = 25.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max batch size must be at least 1, got {self.max_batch_size}")
+        if self.max_batch_wait_ms < 0:
+            raise ValueError(f"max batch wait must not be negative, got {self.max_batch_wait_ms}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max body bytes must be positive, got {self.max_body_bytes}")
+        if self.grace_period_s < 0:
+            raise ValueError(f"grace period must not be negative, got {self.grace_period_s}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {self.port}")
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m model_server", description="Serve an mlshift model bundle over HTTP."
+    )
+    p.add_argument("--model-dir", default=env.get("MLSHIFT_MODEL_DIR"), help="bundle directory")
+    p.add_argument("--host", default=env.get("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env.get("PORT", "8080")))
+    p.add_argument("--name", default=env.get("MLSHIFT_MODEL_NAME") or None)
+    p.add_argument("--version", default=env.get("MLSHIFT_MODEL_VERSION") or None)
+    p.add_argument(
+        "--max-batch-size", type=int, default=int(env.get("MLSHIFT_MAX_BATCH_SIZE", "64"))
+    )
+    p.add_argument(
+        "--max-batch-wait-ms", type=float, default=float(env.get("MLSHIFT_MAX_BATCH_WAIT_MS", "0"))
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=int(env.get("MLSHIFT_MAX_BODY_BYTES", str(8 << 20)))
+    )
+    p.add_argument(
+        "--grace-period-s", type=float, default=float(env.get("MLSHIFT_GRACE_PERIOD_S", "25"))
+    )
+    return p
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build ``Settings`` from command-line flags, falling back to environment variables.
+
+    Raises:
+        SystemExit: With a usage message when a flag or variable is missing or malformed.
+
+    Example:
+        >>> parse_settings(["--model-dir", "b", "--port", "9000"], env={}).port
+        9000
+    """
+    environ = os.environ if env is None else env
+    try:
+        parser = _parser(environ)
+    except ValueError as exc:
+        raise SystemExit(
+            f"model_server: a numeric environment variable is malformed: {exc}"
+        ) from exc
+    args = parser.parse_args(argv)
+    if not args.model_dir:
+        parser.error("no bundle given: pass --model-dir DIR or set MLSHIFT_MODEL_DIR")
+    try:
+        return Settings(
+            model_dir=args.model_dir,
+            host=args.host,
+            port=args.port,
+            name=args.name,
+            version=args.version,
+            max_batch_size=args.max_batch_size,
+            max_batch_wait_ms=args.max_batch_wait_ms,
+            max_body_bytes=args.max_body_bytes,
+            grace_period_s=args.grace_period_s,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

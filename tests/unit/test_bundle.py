@@ -1,0 +1,209 @@
+"""Bundles: round trips for every flavor, digest tampering, schema inference, version warnings.
+
+Writes bundles into pytest's tmp_path and reads them back with model_server's reader; no
+network, no processes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlshift._bundle import (
+    BundleInfo,
+    as_bundle,
+    bundle,
+    detect_requirements,
+    infer_schema,
+    read_bundle,
+    write_bundle,
+)
+from mlshift._exceptions import BundleError, DigestMismatchError, InvalidNameError
+from model_server._bundle import check_requirements, load_bundle, read_manifest
+from model_server._errors import BundleReadError, DigestMismatch
+from tests.fixtures.serving import EchoModel
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 5))
+    return X, (X[:, 0] > 0).astype(np.int64)
+
+
+def _models(X: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> dict[str, Any]:
+    import lightgbm
+    import xgboost
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return {
+        "sklearn-forest": RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y),
+        "sklearn-pipeline": make_pipeline(StandardScaler(), Ridge()).fit(X, X[:, 1]),
+        "xgboost": xgboost.XGBClassifier(n_estimators=5, max_depth=2).fit(X, y),
+        "lightgbm": lightgbm.LGBMRegressor(n_estimators=5, verbose=-1).fit(X, X[:, 2]),
+        "pyfunc": EchoModel(),
+    }
+
+
+@pytest.mark.slow  # first use of xgboost and lightgbm imports them (~2-5 s)
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("sklearn-forest", ("sklearn", "skops", "scikit-learn")),
+        ("sklearn-pipeline", ("sklearn", "skops", "scikit-learn")),
+        ("xgboost", ("xgboost", "skops", "xgboost")),
+        ("lightgbm", ("lightgbm", "skops", "lightgbm")),
+        ("pyfunc", ("pyfunc", "cloudpickle", "numpy")),
+    ],
+)
+def test_round_trip_every_flavor(
+    tmp_path: Path, data: Any, kind: str, expected: tuple[str, str, str]
+) -> None:
+    flavor, serializer, library = expected
+    X, y = data
+    model = _models(X, y)[kind]
+    info = write_bundle(model, "v1", sample=X[:5], dest=tmp_path / kind, name="m")
+    assert (info.flavor, info.serializer) == (flavor, serializer)
+    if kind != "pyfunc":  # EchoModel holds no numpy objects: nothing to require
+        assert library in info.requirements
+    manifest = read_manifest(info.path)
+    assert manifest["sha256"] == info.sha256
+    assert manifest["format_version"] == 1
+    assert manifest["python"].count(".") == 2
+    loaded = load_bundle(info.path)
+    np.testing.assert_allclose(loaded.model.predict(X), model.predict(X))
+
+
+def test_manifest_fields_for_a_classifier(tmp_path: Path, data: Any) -> None:
+    X, y = data
+    info = write_bundle(_models(X, y)["sklearn-forest"], "v2", sample=X[:3], dest=tmp_path / "b")
+    m = info.manifest
+    assert m["output"] == {"method": "predict", "task": "classification", "classes": [0, 1]}
+    assert m["input_schema"] == {"kind": "array", "shape": [None, 5], "dtype": "float64"}
+    assert m["requirements"]["scikit-learn"].count(".") >= 1
+    assert m["version"] == "v2"
+    assert m["file"] == "model.skops"
+    assert set(m["trusted_types"]) >= {"sklearn.tree._tree.Tree"}
+
+
+def test_regressor_buckets_come_from_the_sample(tmp_path: Path, data: Any) -> None:
+    X, _ = data
+    info = write_bundle(EchoModel(), "v1", sample=X[:10], dest=tmp_path / "b")
+    buckets = info.manifest["output"]["buckets"]
+    assert buckets == sorted(buckets)
+    assert buckets[0] < X[:10, 0].min() and buckets[-1] > X[:10, 0].max()
+    assert info.manifest["output"]["task"] == "regression"
+
+
+def test_dataframe_schema_inference() -> None:
+    frame = pd.DataFrame(
+        {"age": [30, 40], "income": [1.5, 2.5], "plan": ["a", "b"], "vip": [True, False]}
+    )
+    schema = infer_schema(frame)
+    assert schema is not None
+    assert schema["kind"] == "dataframe"
+    dtypes = {c["name"]: c["dtype"] for c in schema["columns"]}
+    assert dtypes["age"] == "int64"
+    assert dtypes["income"] == "float64"
+    assert dtypes["vip"] == "bool"
+    assert dtypes["plan"] in ("object", "str", "string")
+
+
+def test_array_schema_inference_and_refusals() -> None:
+    assert infer_schema([[1, 2, 3]]) == {"kind": "array", "shape": [None, 3], "dtype": "int64"}
+    assert infer_schema(None) is None
+    with pytest.raises(BundleError, match="numeric array"):
+        infer_schema([["a", "b"]])
+
+
+def test_tampered_model_file_is_refused(tmp_path: Path, data: Any) -> None:
+    X, y = data
+    info = write_bundle(_models(X, y)["sklearn-forest"], "v1", dest=tmp_path / "b")
+    model_file = info.path / info.manifest["file"]
+    model_file.write_bytes(model_file.read_bytes()[:-1] + b"x")
+    with pytest.raises(DigestMismatch, match="refusing to load"):
+        load_bundle(info.path)
+    with pytest.raises(DigestMismatchError, match="sha256"):
+        read_bundle(info.path)
+    with pytest.raises(DigestMismatchError):
+        as_bundle(info, "v1")
+
+
+def test_as_bundle_reads_existing_bundles_without_rewriting(tmp_path: Path) -> None:
+    info = bundle(EchoModel(), "v1", sample=[[1.0, 2.0]], path=tmp_path / "b")
+    assert isinstance(info, BundleInfo)
+    stamp = (info.path / "mlshift.json").stat().st_mtime_ns
+    again = as_bundle(str(info.path), "v1")
+    assert again.sha256 == info.sha256
+    assert as_bundle(info, "v1").manifest == info.manifest
+    assert (info.path / "mlshift.json").stat().st_mtime_ns == stamp
+    fresh = as_bundle(EchoModel(), "v2", dest=tmp_path / "c")
+    assert fresh.manifest["version"] == "v2"
+
+
+def test_rewriting_a_bundle_replaces_it(tmp_path: Path) -> None:
+    first = write_bundle(EchoModel(), "v1", dest=tmp_path / "b")
+    second = write_bundle(EchoModel(delay_s=0.5), "v1", dest=tmp_path / "b")
+    assert first.sha256 != second.sha256
+    assert read_bundle(tmp_path / "b").sha256 == second.sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp dirs left behind
+
+
+def test_refusals(tmp_path: Path) -> None:
+    with pytest.raises(InvalidNameError):
+        write_bundle(EchoModel(), "V_1", dest=tmp_path / "b")
+    with pytest.raises(BundleError, match="no predict"):
+        write_bundle(object(), "v1", dest=tmp_path / "b")
+    with pytest.raises(BundleError, match="not a bundle"):
+        as_bundle(tmp_path, "v1")
+    with pytest.raises(BundleError, match="predict\\(sample\\) failed"):
+        write_bundle(EchoModel(fail_below=10.0), "v1", sample=[[1.0]], dest=tmp_path / "c")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not a bundle"):
+        write_bundle(EchoModel(), "v1", dest=tmp_path / "junk")
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def test_manifest_problems_are_named(tmp_path: Path) -> None:
+    info = write_bundle(EchoModel(), "v1", dest=tmp_path / "b")
+    path = info.path / "mlshift.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(BundleReadError, match="upgrade model_server"):
+        read_manifest(info.path)
+    path.write_text("{")
+    with pytest.raises(BundleReadError, match="not valid JSON"):
+        read_manifest(info.path)
+    with pytest.raises(BundleReadError, match="no mlshift.json"):
+        read_manifest(tmp_path)
+
+
+def test_newer_library_warns_by_name() -> None:
+    manifest = {"requirements": {"scikit-learn": "999.0", "numpy": "0.1", "no-such-dist": "1.0"}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        messages = check_requirements(manifest)
+    assert len(messages) == 2
+    assert any("scikit-learn 999.0" in m for m in messages)
+    assert any("no-such-dist" in m and "not installed" in m for m in messages)
+    assert len(caught) == 2
+
+
+def test_requirements_are_detected_not_listed(data: Any) -> None:
+    import xgboost
+
+    X, y = data
+    found = detect_requirements(xgboost.XGBClassifier(n_estimators=2).fit(X, y))
+    assert found["xgboost"] == xgboost.__version__
+    assert "lightgbm" not in found
+    assert "pandas" not in found
