@@ -231,12 +231,44 @@ def _output(model: Any, sample: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- serialization
 
 
+def _stable_zip(data: bytes) -> bytes:
+    """Make a skops file byte-for-byte repeatable, so the same model gives the same sha256.
+
+    skops names objects and array files after ``id()`` and stamps zip entries with the
+    current time; both change between runs. Ids are renumbered in order of first appearance
+    in the schema and entry times fixed. The caller loads the result back before using it.
+    """
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as src:
+        entries = {item.filename: src.read(item) for item in src.infolist()}
+    schema = entries.get("schema.json", b"").decode()
+    ids: dict[str, str] = {}
+    for match in re.finditer(r'"__id__": (\d+)|"(\d+)\.npy"', schema):
+        ids.setdefault(match.group(1) or match.group(2), str(len(ids) + 1))
+    schema = re.sub(r"\b\d+\b", lambda m: ids.get(m.group(0), m.group(0)), schema)
+    entries["schema.json"] = schema.encode()
+    renamed = {}
+    for name, content in entries.items():
+        stem, dot, ext = name.partition(".")
+        renamed[f"{ids.get(stem, stem)}{dot}{ext}"] = content
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in sorted(renamed):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            dst.writestr(info, renamed[name])
+    return out.getvalue()
+
+
 def _serialize(model: Any, flavor: str, workdir: Path) -> tuple[str, str, list[str]]:
     if flavor != "pyfunc":
         try:
             import skops.io
 
-            data = skops.io.dumps(model)
+            data = _stable_zip(skops.io.dumps(model))
             trusted = [str(t) for t in skops.io.get_untrusted_types(data=data)]
             skops.io.loads(data, trusted=trusted)  # prove it reads back before choosing it
             (workdir / "model.skops").write_bytes(data)

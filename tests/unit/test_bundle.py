@@ -207,3 +207,23 @@ def test_requirements_are_detected_not_listed(data: Any) -> None:
     assert found["xgboost"] == xgboost.__version__
     assert "lightgbm" not in found
     assert "pandas" not in found
+
+
+def test_the_same_model_gives_the_same_digest(tmp_path: Path) -> None:
+    """skops names files after id() and stamps times; bundles must still repeat exactly."""
+
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from model_server._bundle import load_bundle
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=4)).fit(X, y)
+    first = write_bundle(model, "v1", dest=tmp_path / "a")
+    second = write_bundle(model, "v1", dest=tmp_path / "b")
+    assert first.serializer == "skops"
+    assert first.sha256 == second.sha256
+    assert (load_bundle(second.path).model.predict(X) == model.predict(X)).all()
