@@ -398,12 +398,17 @@ class Endpoint:
         if to is not None:
             return self.promote(to, dry_run=dry_run)
         state = self._refresh(dry_run=dry_run)
-        if state is None or not self._history:
+        history = list(self._history)
+        # Skip entries that route exactly as now (deploying v2 turns {v1: 100} into
+        # {v1: 100, v2: 0}): rolling back to them would change nothing.
+        while history and _same_split(history[-1], state):
+            history.pop()
+        if state is None or not history:
             raise InvalidWeightsError(
                 f"endpoint {self.name!r} has no earlier traffic split to roll back to;"
                 " use ep.rollback(to='v1') to send everything to one version"
             )
-        previous = self._history[-1]
+        previous = history.pop()
         gone = [v for v, w in previous.weights.items() if w and state.version(v) is None]
         if gone:
             raise InvalidWeightsError(
@@ -418,7 +423,7 @@ class Endpoint:
             else None,
         )
         # A rollback pops the history instead of pushing the split it leaves.
-        return self._set_traffic(traffic, state, dry_run=dry_run, history=self._history[:-1])
+        return self._set_traffic(traffic, state, dry_run=dry_run, history=tuple(history))
 
     def route_header(
         self, header: str, value: str, version: str, *, match: str = "exact", dry_run: bool = False
@@ -654,6 +659,19 @@ class Endpoint:
     def _repr_html_(self) -> str:
         title = f"{self.name} ({self.target.name})"
         return _table(list(self.versions.values()), title)
+
+
+def _same_split(traffic: TrafficState, state: EndpointState | None) -> bool:
+    """True when ``traffic`` routes exactly as ``state`` does (missing weights count as 0)."""
+    if state is None:
+        return False
+    ours = {v: w for v, w in state.traffic.weights.items() if w}
+    theirs = {v: w for v, w in traffic.weights.items() if w}
+    return (
+        ours == theirs
+        and traffic.headers == state.traffic.headers
+        and traffic.mirror == state.traffic.mirror
+    )
 
 
 def _next_name(version: str, taken: list[str]) -> str:

@@ -20,9 +20,7 @@ def check_name(value: object, *, kind: str = "name", max_len: int = MAX_LEN) -> 
         'churn-v2'
     """
     if not isinstance(value, str):
-        raise InvalidNameError(
-            f"{kind} must be a string, got {type(value).__name__}: {value!r}"
-        )
+        raise InvalidNameError(f"{kind} must be a string, got {type(value).__name__}: {value!r}")
     if not value:
         raise InvalidNameError(f"{kind} is empty; use lower-case letters, digits and '-'")
     if len(value) > max_len:

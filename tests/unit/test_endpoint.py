@@ -144,3 +144,15 @@ def test_kubernetes_dry_run_needs_no_cluster_and_binds_the_gateway(
     assert "image: registry.example.com/ml/churn:churn-v2" in text
     assert "- istio-system/ingressgateway" in text
     assert "- churn.example.com" in text
+
+
+def test_rollback_skips_splits_that_route_as_now(models: list[Any]) -> None:
+    ep = mlshift.Endpoint("churn", MemoryTarget())  # type: ignore[arg-type]
+    ep.deploy(models[0], "v1")
+    ep.shift({"v1": 100})  # nothing changes: no history entry
+    ep.deploy(models[1], "v2")
+    ep.shift({"v1": 50, "v2": 50})
+    ep.rollback()
+    assert ep.weights == {"v1": 100, "v2": 0}
+    with pytest.raises(mlshift.InvalidWeightsError, match="no earlier"):
+        ep.rollback()

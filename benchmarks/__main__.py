@@ -1,0 +1,51 @@
+"""Run every benchmark and gather their tables into benchmarks/README.md.
+
+    .venv/bin/python -m benchmarks            # all (about 6 minutes on 2 cores)
+    .venv/bin/python -m benchmarks local      # one
+
+Each benchmark writes benchmarks/results/<name>.md; this joins them under a short header.
+Run on a quiet machine: other load inflates latencies (the ratios hold up better).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["serving", "local", "image"]
+HEADER = """# Benchmarks
+
+Every goal is measured side by side against a baseline in the same run, on this project's
+reference machine (2 cores, 24 GiB, loopback only). Re-run with `make bench` (or
+`.venv/bin/python -m benchmarks NAME`); each section below is written by
+`benchmarks/NAME.py` into `benchmarks/results/NAME.md`.
+"""
+
+
+def assemble() -> str:
+    """Join the result tables into the README text."""
+    parts = [HEADER]
+    for name in BENCHMARKS:
+        result = HERE / "results" / f"{name}.md"
+        if result.exists():
+            parts.append(result.read_text().replace("\n# ", "\n## ").replace("# ", "## ", 1))
+    return "\n".join(parts)
+
+
+def main(argv: list[str]) -> int:
+    """Run the named benchmarks (default all), then rewrite benchmarks/README.md."""
+    for name in argv or BENCHMARKS:
+        if name not in BENCHMARKS:
+            sys.stderr.write(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}\n")
+            return 2
+        code = subprocess.call([sys.executable, "-m", f"benchmarks.{name}"], cwd=HERE.parent)
+        if code:
+            return code
+    (HERE / "README.md").write_text(assemble())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
