@@ -1,0 +1,200 @@
+"""Per-version metrics of the local mesh: Envoy's cluster stats, sampled into a time series.
+
+Envoy counts, per cluster (one per version), the responses by class (``upstream_rq_2xx`` ...
+``upstream_rq_5xx``, including the 503s it makes itself when a version is down) and keeps an
+``upstream_rq_time`` histogram with the buckets set in the bootstrap. Those are cumulative:
+``read_snapshots`` turns one read of ``/stats/prometheus`` into a ``Snapshot`` per version, and
+``SampleStore`` appends such reads as JSON lines to a file in the endpoint's state directory, so
+``ep.metrics(since=...)`` can diff them into the frame of ``mlshift.metrics``. A daemon
+``Sampler`` thread samples every second while a Python process is attached; each
+``metrics()`` call also samples once, so the newest interval is never missing. Counters are
+live but Envoy merges histograms only at each stats flush (1 s, set in the bootstrap), so an
+interval's latencies may trail its counts by up to a second (NaN quantiles, never wrong ones).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlshift.metrics._frame import Snapshot
+
+__all__ = ["SampleStore", "Sampler", "parse_prometheus", "stats_filter"]
+
+log = logging.getLogger("mlshift.local")
+
+_LINE = re.compile(r"^(envoy_cluster_upstream_rq_(?:xx|time_bucket))\{([^}]*)\}\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_MAX_BYTES = 4 * 1024 * 1024
+
+
+def stats_filter(clusters: Iterable[str]) -> str:
+    """Return the admin ``filter`` regex that selects the stats ``parse_prometheus`` needs.
+
+    Example:
+        >>> stats_filter(["churn_v1"])
+        '^cluster\\\\.(churn_v1)\\\\.(upstream_rq_[1-5]xx|upstream_rq_time)$'
+    """
+    names = "|".join(re.escape(c) for c in clusters)
+    return rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time)$"
+
+
+def parse_prometheus(text: str, clusters: Mapping[str, str], *, timestamp: float) -> list[Snapshot]:
+    """Turn Envoy's ``/stats/prometheus`` text into one ``Snapshot`` per version.
+
+    Args:
+        text: the exposition text (only the lines of the upstream_rq stats are read).
+        clusters: ``{cluster name: version}``; versions with no line yet get zero counts.
+        timestamp: when the text was read, epoch seconds.
+
+    Example:
+        >>> text = 'envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",' \\
+        ...        'envoy_cluster_name="churn_v1"} 3'
+        >>> parse_prometheus(text, {"churn_v1": "v1"}, timestamp=0.0)[0].errors
+        3.0
+    """
+    requests: dict[str, float] = defaultdict(float)
+    errors: dict[str, float] = defaultdict(float)
+    buckets: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group(2)))
+        version = clusters.get(labels.get("envoy_cluster_name", ""))
+        if version is None:
+            continue
+        value = float(m.group(3))
+        if m.group(1) == "envoy_cluster_upstream_rq_xx":
+            requests[version] += value
+            if labels.get("envoy_response_code_class") == "5":
+                errors[version] += value
+        else:
+            le = labels.get("le", "")
+            bound = math.inf if le in ("+Inf", "Inf", "inf") else float(le)
+            buckets[version].append((bound, value))
+    return [
+        Snapshot(
+            timestamp,
+            version,
+            requests=requests[version],
+            errors=errors[version],
+            buckets=tuple(sorted(buckets[version])),
+        )
+        for version in clusters.values()
+    ]
+
+
+class SampleStore:
+    """Snapshots appended as JSON lines to ``path`` (several processes may append)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, snaps: Iterable[Snapshot]) -> None:
+        """Append one read (all versions, one timestamp) as one line."""
+        items = list(snaps)
+        if not items:
+            return
+        line = json.dumps(
+            {
+                "t": items[0].timestamp,
+                "v": {
+                    s.version: [s.requests, s.errors, [list(b) for b in s.buckets]] for s in items
+                },
+            }
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One write() of one line to an O_APPEND file: lines of two processes never interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_size > _MAX_BYTES:
+                self._truncate()
+
+    def _truncate(self) -> None:
+        lines = self.path.read_text().splitlines(keepends=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(lines[len(lines) // 2 :]))
+        os.replace(tmp, self.path)
+
+    def read(self, *, since: float = 0.0) -> list[Snapshot]:
+        """Return the snapshots taken at or after ``since`` (epoch seconds)."""
+        out: list[Snapshot] = []
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            try:
+                data: dict[str, Any] = json.loads(line)
+                t = float(data["t"])
+                if t < since:
+                    continue
+                for version, (req, err, bks) in data["v"].items():
+                    out.append(Snapshot(t, version, req, err, tuple((b, c) for b, c in bks)))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash; the next ones are fine
+        return out
+
+    def clear(self) -> None:
+        """Forget every sample."""
+        self.path.unlink(missing_ok=True)
+
+
+class Sampler:
+    """A daemon thread that calls ``sample`` every ``interval_s`` until stopped.
+
+    Example:
+        >>> sampler = Sampler(engine.sample, interval_s=1.0)  # doctest: +SKIP
+        >>> sampler.start(); ...; sampler.stop()  # doctest: +SKIP
+    """
+
+    def __init__(self, sample: Callable[[], object], *, interval_s: float = 1.0) -> None:
+        self._sample = sample
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start sampling (no-op when already running)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mlshift-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._thread = None
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except Exception as exc:  # a sampler must outlive a router restart
+                log.debug("metrics sample failed: %s", exc)
+            next_at += self._interval_s
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
