@@ -539,7 +539,12 @@ class Endpoint:
         """
         from mlshift._durations import parse_duration
 
-        state = self._refresh()
+        try:
+            state = self._refresh()
+        except (ConfigError, APIError) as exc:
+            # Metrics need only the metrics source (Prometheus), not the Kubernetes API.
+            log.info("reading metrics without the target's API (%s)", exc)
+            state = self._state or EndpointState(self.name, namespace=self.target.namespace())
         if state is None:
             from mlshift.metrics import empty_frame
 

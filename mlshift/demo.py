@@ -27,13 +27,16 @@ def _table(ep: object, run: object) -> str:
     if not metrics.empty:
         latest = metrics.groupby("version")[["rps", "error_rate", "p50_ms", "p99_ms"]].mean()
         summary = summary.join(latest.add_prefix("envoy_"), how="left")
-    with pd.option_context("display.width", 120, "display.precision", 2):
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", None, "display.precision", 2
+    ):
         return str(summary)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the quickstart; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("mlshift").setLevel(logging.INFO)
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
