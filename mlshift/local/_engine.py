@@ -162,6 +162,10 @@ class LocalEngine:
                 self._remove_everything()
             else:
                 self.files.save_state(plan.state, plan.history)
+                # A sample at every change: a new version's zero counts become its baseline,
+                # and a shift's boundary is exact (the sampler alone ticks once a second).
+                with contextlib.suppress(MlshiftError):
+                    self.sample()
 
     def status(self, state: EndpointState) -> dict[str, VersionStatus]:
         """Return each version's status: its process, its readiness, Envoy's health check."""
