@@ -150,13 +150,16 @@ class Endpoint:
             self._state, self._history = loaded
         return self._state
 
-    def _require(self) -> EndpointState:
-        state = self._refresh()
+    def _existing(self, version: str | None, *, dry_run: bool) -> EndpointState:
+        """Read the state and check ``version`` (when given) is one of its versions."""
+        state = self._refresh(dry_run=dry_run)
         if state is None or not state.versions:
             raise UnknownVersionError(
-                f"endpoint {self.name!r} has no versions yet; deploy one with "
-                f"ep.deploy(model, 'v1')"
+                f"endpoint {self.name!r} has no versions yet; deploy one with"
+                " ep.deploy(model, 'v1')"
             )
+        if version is not None:
+            self._known(state, version)
         return state
 
     def _known(self, state: EndpointState, version: str) -> None:
@@ -194,7 +197,7 @@ class Endpoint:
     @property
     def url(self) -> str:
         """The address requests to this endpoint go to."""
-        return self.engine.url(self._require())
+        return self.engine.url(self._existing(None, dry_run=False))
 
     def status(self) -> pd.DataFrame:
         """Ask the target how every version is doing: weight, readiness and why not.
@@ -377,10 +380,7 @@ class Endpoint:
         Example:
             >>> ep.promote("v2")  # doctest: +SKIP
         """
-        state = self._refresh(dry_run=dry_run)
-        if state is None:
-            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
-        self._known(state, version)
+        state = self._existing(version, dry_run=dry_run)
         mirror = state.traffic.mirror
         traffic = TrafficState(
             {version: 100},
@@ -426,24 +426,33 @@ class Endpoint:
         return self._set_traffic(traffic, state, dry_run=dry_run, history=tuple(history))
 
     def route_header(
-        self, header: str, value: str, version: str, *, match: str = "exact", dry_run: bool = False
+        self,
+        header: str,
+        value: str,
+        version: str | None,
+        *,
+        match: str = "exact",
+        dry_run: bool = False,
     ) -> Any:
         """Send requests whose ``header`` matches ``value`` to ``version``, whatever the weights.
 
+        ``match`` is ``"exact"``, ``"prefix"`` or ``"regex"``; ``version=None`` removes the
+        rule for ``header``. Header rules are checked before the weighted split.
+
         Example:
             >>> ep.route_header("x-canary", "yes", "v2")  # doctest: +SKIP
+            >>> ep.route_header("x-canary", "yes", None)  # doctest: +SKIP
         """
         if match not in ("exact", "prefix", "regex"):
             raise ValueError(f"match must be 'exact', 'prefix' or 'regex', got {match!r}")
         if not header or not header.replace("-", "").isalnum():
-            raise ValueError(f"{header!r} is not an HTTP header name")
-        state = self._refresh(dry_run=dry_run)
-        if state is None:
-            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
-        self._known(state, version)
-        rules = tuple(r for r in state.traffic.headers if r.header.lower() != header.lower())
-        rule = HeaderRoute(version, header.lower(), value, match)  # type: ignore[arg-type]
-        traffic = dataclasses.replace(state.traffic, headers=(*rules, rule))
+            raise ValueError(f"{header!r} is not an HTTP header name (letters, digits and '-')")
+        state = self._existing(version, dry_run=dry_run)
+        rules = tuple(r for r in state.traffic.headers if r.header != header.lower())
+        if version is not None:
+            rule = HeaderRoute(version, header.lower(), value, match)  # type: ignore[arg-type]
+            rules = (*rules, rule)
+        traffic = dataclasses.replace(state.traffic, headers=rules)
         return self._set_traffic(traffic, state, dry_run=dry_run)
 
     def mirror(self, version: str | None, percent: float = 100.0, *, dry_run: bool = False) -> Any:
@@ -452,13 +461,9 @@ class Endpoint:
         Example:
             >>> ep.mirror("v3", 20)  # doctest: +SKIP
         """
-        state = self._refresh(dry_run=dry_run)
-        if state is None:
-            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
-        if version is not None:
-            self._known(state, version)
-            if not 0 < percent <= 100:
-                raise ValueError(f"mirror percent must be within (0, 100], got {percent}")
+        state = self._existing(version, dry_run=dry_run)
+        if version is not None and not 0 < percent <= 100:
+            raise ValueError(f"mirror percent must be within (0, 100], got {percent}")
         mirror = Mirror(version, float(percent)) if version else None
         traffic = dataclasses.replace(state.traffic, mirror=mirror)
         return self._set_traffic(traffic, state, dry_run=dry_run)
@@ -469,10 +474,7 @@ class Endpoint:
         Example:
             >>> ep.remove("v1")  # doctest: +SKIP
         """
-        state = self._refresh(dry_run=dry_run)
-        if state is None:
-            raise UnknownVersionError(f"endpoint {self.name!r} has no versions")
-        self._known(state, version)
+        state = self._existing(version, dry_run=dry_run)
         weight = int(state.traffic.weights.get(version, 0))
         if weight:
             raise InvalidWeightsError(
@@ -569,7 +571,7 @@ class Endpoint:
         from mlshift._durations import parse_duration
         from mlshift.metrics import parse_exposition, predictions_frame, prometheus_predictions
 
-        state = self._require()
+        state = self._existing(None, dry_run=False)
         seconds = parse_duration(since, what="since")
         texts = self.engine.prediction_metrics(state, since=seconds)
         prometheus_url = getattr(self.target, "prometheus_url", None)
@@ -637,7 +639,7 @@ class Endpoint:
         from mlshift._canary import Gate, run_canary
         from mlshift._durations import parse_duration
 
-        state = self._require()
+        state = self._existing(None, dry_run=False)
         self._known(state, version)
         if not steps or any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(steps):
             raise ValueError(f"steps must be rising percentages within 1-100, got {steps!r}")

@@ -156,3 +156,30 @@ def test_rollback_skips_splits_that_route_as_now(models: list[Any]) -> None:
     assert ep.weights == {"v1": 100, "v2": 0}
     with pytest.raises(mlshift.InvalidWeightsError, match="no earlier"):
         ep.rollback()
+
+
+def test_header_rules_and_mirror(ep: mlshift.Endpoint) -> None:
+    ep.route_header("X-Canary", "yes", "v2")
+    ep.route_header("x-canary", "team-", "v2", match="prefix")  # replaces the rule
+    ep.mirror("v2", 25)
+    state = ep._state
+    assert state is not None
+    assert [(h.header, h.value, h.match) for h in state.traffic.headers] == [
+        ("x-canary", "team-", "prefix")
+    ]
+    assert state.traffic.mirror is not None
+    assert state.traffic.mirror.percent == 25
+    text = ep.render()
+    assert "prefix: team-" in text
+    assert "mirrorPercentage" in text
+    ep.route_header("x-canary", "", None)
+    ep.mirror(None)
+    assert ep._state is not None
+    assert ep._state.traffic.headers == ()
+    assert ep._state.traffic.mirror is None
+    with pytest.raises(ValueError, match="header name"):
+        ep.route_header("x canary", "1", "v2")
+    with pytest.raises(ValueError, match="within"):
+        ep.mirror("v2", 0)
+    with pytest.raises(mlshift.UnknownVersionError):
+        ep.route_header("x-a", "1", "v9")
