@@ -89,16 +89,22 @@ _LAZY = {
 }
 
 
+# Submodules reachable as attributes (``mlshift.metrics.query(...)``, ``mlshift.plot``).
+_SUBMODULES = ("image", "kube", "local", "metrics", "plot")
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mlshift.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mlshift' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])

@@ -489,6 +489,26 @@ class Endpoint:
         plan = self._apply(state, state.without_version(version), dry_run=dry_run)
         return plan if dry_run else self
 
+    def revive(self) -> list[str]:
+        """Restart versions whose process died (local target), e.g. after a reboot.
+
+        Returns the versions restarted; routing resumes from the stored configuration. On
+        Kubernetes, pods are restarted by their Deployment and this raises.
+
+        Example:
+            >>> ep.revive()  # doctest: +SKIP
+            ['v2']
+        """
+        revive = getattr(self.engine, "revive", None)
+        if revive is None:
+            raise MlshiftError(
+                f"the {self.target.name} target restarts versions by itself; check ep.status()"
+            )
+        state = self._existing(None, dry_run=False)
+        restarted: list[str] = revive(state)
+        self._status = self.engine.status(state)
+        return restarted
+
     def delete(self, *, dry_run: bool = False) -> Plan:
         """Remove the endpoint: routes first, then every version. Nothing keeps running.
 

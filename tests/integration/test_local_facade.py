@@ -123,3 +123,27 @@ def test_canary_rolls_back_a_failing_version(ep: mlshift.Endpoint, data: tuple[A
     assert result.outcome.startswith("rolled back to v1: error rate"), result.to_frame()
     assert ep.weights == {"v1": 100, "v2": 0, "v3": 0}
     assert list(result.to_frame()["verdict"]) == ["fail", "fail"]
+
+
+def test_a_dead_version_is_refused_traffic_until_revived(
+    ep: mlshift.Endpoint, data: tuple[Any, Any]
+) -> None:
+    import signal
+    import time
+
+    X, _ = data
+    pid = ep.engine.pids()["v2"]  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while ep.status().loc["v2", "ready"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = ep.status()
+    assert not status.loc["v2", "ready"]
+    assert status.loc["v2", "reason"]
+    with pytest.raises(mlshift.InvalidWeightsError, match="not ready"):
+        ep.shift({"v1": 50, "v2": 50})
+    assert ep.revive() == ["v2"]
+    ep.shift({"v1": 50, "v2": 50})
+    assert set(ep.send(X, rps=100, duration="1s").wait().results["status"]) == {200}
+    with pytest.raises(mlshift.MlshiftError, match="restarts versions by itself"):
+        mlshift.Endpoint("x", mlshift.Kubernetes(namespace="ml")).revive()
