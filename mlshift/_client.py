@@ -74,11 +74,13 @@ def predict(url: str, model: str, data: Any, *, timeout: float = 30.0) -> Any:
     import pandas as pd
 
     try:
+        # trust_env=False: a notebook's HTTP_PROXY must not capture calls to the endpoint.
         response = httpx.post(
             f"{url}/v1/models/{model}:predict",
             content=_body(data),
             headers={"content-type": "application/json"},
             timeout=timeout,
+            trust_env=False,
         )
     except httpx.HTTPError as exc:
         raise MlshiftError(
@@ -100,7 +102,9 @@ class TrafficRun:
     """Background single-row traffic at ``rps`` for ``duration`` seconds.
 
     ``results`` is a DataFrame (timestamp, version, status, latency_ms) of what was sent so
-    far; ``wait()`` blocks until the run ends, ``stop()`` ends it early.
+    far; ``wait()`` blocks until the run ends, ``stop()`` ends it early. At most
+    ``concurrency`` requests are in flight: when the endpoint is too slow to keep up, sends
+    are skipped (counted in ``skipped``) rather than queued, so the run ends on time.
 
     Example:
         >>> run = ep.send(X, rps=50, duration="30s")  # doctest: +SKIP
@@ -127,6 +131,8 @@ class TrafficRun:
         if not self._bodies:
             raise ValueError("send() needs at least one row of data")
         self._records: list[tuple[float, str, int, float]] = []
+        self.skipped = 0
+        self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._timeout = timeout
@@ -149,6 +155,8 @@ class TrafficRun:
         except httpx.HTTPError as exc:
             log.debug("request failed: %s", exc)
             status, version = 0, ""
+        finally:
+            self._slots.release()
         record = (start, version, status, (time.perf_counter() - t0) * 1000.0)
         with self._lock:
             self._records.append(record)
@@ -157,22 +165,35 @@ class TrafficRun:
         import httpx
 
         limits = httpx.Limits(max_connections=self._concurrency)
-        with (
-            httpx.Client(timeout=self._timeout, limits=limits) as client,
-            ThreadPoolExecutor(self._concurrency, thread_name_prefix="mlshift-send") as pool,
-        ):
+        pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="mlshift-send")
+        with httpx.Client(timeout=self._timeout, limits=limits, trust_env=False) as client:
             start = time.perf_counter()
-            sent = 0
+            due_so_far = 0
             while not self._stop.is_set():
                 elapsed = time.perf_counter() - start
                 if elapsed >= self.duration:
                     break
                 due = int(elapsed * self.rps) + 1
-                for _ in range(due - sent):
-                    pool.submit(self._one, client, self._bodies[sent % len(self._bodies)])
-                    sent += 1
+                for _ in range(due - due_so_far):
+                    if self._slots.acquire(blocking=False):
+                        body = self._bodies[due_so_far % len(self._bodies)]
+                        pool.submit(self._one, client, body)
+                    else:
+                        self.skipped += 1
+                    due_so_far += 1
                 self._stop.wait(min(0.005, 1.0 / self.rps))
-        log.info("traffic run to %s done: %d requests", self.url, sent)
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self.skipped:
+            log.warning(
+                "traffic run to %s: %d of %d sends skipped, the endpoint could not keep up with"
+                " %g rps at %d in flight",
+                self.url,
+                self.skipped,
+                due_so_far,
+                self.rps,
+                self._concurrency,
+            )
+        log.info("traffic run to %s done: %d requests", self.url, due_so_far - self.skipped)
 
     @property
     def running(self) -> bool:

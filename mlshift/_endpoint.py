@@ -10,17 +10,19 @@ no cluster is needed: the state is built up in memory and the plan is returned.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mlshift._engine import VersionStatus
 from mlshift._exceptions import (
     APIError,
     ConfigError,
+    ConflictError,
     InvalidWeightsError,
     MlshiftError,
     UnknownVersionError,
@@ -42,6 +44,30 @@ __all__ = ["Endpoint", "Version", "YAMLText"]
 
 log = logging.getLogger("mlshift")
 HISTORY_LIMIT = 50
+CONFLICT_ATTEMPTS = 4
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retry_on_conflict(verb: Callable[P, R]) -> Callable[P, R]:
+    """Re-run a verb when the target's routes changed since it read them.
+
+    Each attempt re-reads the state and recomputes the change, so a concurrent change by
+    another notebook is built upon, never overwritten. Gives up after a few attempts.
+    """
+
+    @functools.wraps(verb)
+    def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return verb(*args, **kwargs)
+            except ConflictError as exc:
+                if attempt == CONFLICT_ATTEMPTS or kwargs.get("dry_run"):
+                    raise
+                log.info("%s: routes changed meanwhile (%s); re-reading", verb.__name__, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return retrying
 
 
 class YAMLText(str):
@@ -122,6 +148,8 @@ class Endpoint:
         self._engine: Engine | None = None
         self._state: EndpointState | None = None
         self._history: tuple[TrafficState, ...] = ()
+        # Dry runs build up a desired state here, never in the applied cache above.
+        self._planned: tuple[EndpointState, tuple[TrafficState, ...]] | None = None
         self._status: dict[str, VersionStatus] = {}
 
     # -- reading -----------------------------------------------------------------------------
@@ -134,9 +162,9 @@ class Endpoint:
         return self._engine
 
     def _refresh(self, *, dry_run: bool = False) -> EndpointState | None:
-        """Read the applied state from the target; in a dry run fall back to memory."""
-        if dry_run and self._state is not None:
-            return self._state
+        """Read the applied state from the target; a dry run builds on earlier dry runs."""
+        if dry_run and self._planned is not None:
+            return self._planned[0]
         try:
             loaded = self.engine.load(self.name)
         except (ConfigError, APIError) as exc:
@@ -149,6 +177,21 @@ class Endpoint:
         else:
             self._state, self._history = loaded
         return self._state
+
+    def _readable(self) -> EndpointState | None:
+        """The state to read metrics for; without the target's API (metrics need only
+        Prometheus on a cluster) the cached state, or just the endpoint's name."""
+        try:
+            return self._refresh()
+        except (ConfigError, APIError) as exc:
+            log.info("reading metrics without the target's API (%s)", exc)
+            return self._state or EndpointState(self.name, namespace=self.target.namespace())
+
+    def _hist(self, *, dry_run: bool) -> tuple[TrafficState, ...]:
+        """The traffic history a change builds on (the planned one in a dry run)."""
+        if dry_run and self._planned is not None:
+            return self._planned[1]
+        return self._history
 
     def _existing(self, version: str | None, *, dry_run: bool) -> EndpointState:
         """Read the state and check ``version`` (when given) is one of its versions."""
@@ -169,10 +212,17 @@ class Endpoint:
                 f"{', '.join(state.version_names)}"
             )
 
+    def _shown(self) -> tuple[EndpointState | None, bool]:
+        """What reprs and properties show: the applied state, else the dry-run plan."""
+        if self._state is None and self._planned is not None:
+            return self._planned[0], True
+        return self._state, False
+
     @property
     def versions(self) -> dict[str, Version]:
-        """The versions as last seen, by name (no I/O)."""
-        state = self._state
+        """The versions as last seen, by name (no I/O); before anything is applied, as planned
+        by dry runs."""
+        state, _ = self._shown()
         if state is None:
             return {}
         out = {}
@@ -191,13 +241,15 @@ class Endpoint:
 
     @property
     def weights(self) -> dict[str, int]:
-        """The traffic weights as last seen (no I/O)."""
-        return dict(self._state.traffic.weights) if self._state else {}
+        """The traffic weights as last seen (no I/O); before anything is applied, as planned."""
+        state, _ = self._shown()
+        return dict(state.traffic.weights) if state else {}
 
     @property
     def url(self) -> str:
-        """The address requests to this endpoint go to."""
-        return self.engine.url(self._existing(None, dry_run=False))
+        """The address requests to this endpoint go to (read once, then cached)."""
+        state = self._state or self._existing(None, dry_run=False)
+        return self.engine.url(state)
 
     def status(self) -> pd.DataFrame:
         """Ask the target how every version is doing: weight, readiness and why not.
@@ -226,7 +278,10 @@ class Endpoint:
         Works without a cluster after dry-run deploys. Example:
             >>> print(ep.render())  # doctest: +SKIP
         """
-        state = self._state if self._state is not None else self._refresh(dry_run=True)
+        if self._planned is not None:
+            state: EndpointState | None = self._planned[0]
+        else:
+            state = self._state if self._state is not None else self._refresh(dry_run=True)
         if state is None:
             raise UnknownVersionError(
                 f"endpoint {self.name!r} has no versions to render; deploy one (dry_run=True works)"
@@ -245,7 +300,7 @@ class Endpoint:
     ) -> Plan:
         """Plan and run old -> new; a traffic change pushes the old split onto the history."""
         if history is None:
-            history = self._history
+            history = self._hist(dry_run=dry_run)
             if old is not None and old.traffic != new.traffic:
                 history = (*history, old.traffic)[-HISTORY_LIMIT:]
         return self._run(plan_change(old, new, history=history), dry_run=dry_run)
@@ -257,9 +312,12 @@ class Endpoint:
             log.info(
                 "%s: %d steps in %.3f s", self.name, len(plan.steps), time.perf_counter() - started
             )
-        self._state, self._history = plan.state, plan.history
+            self._state, self._history, self._planned = plan.state, plan.history, None
+        else:
+            self._planned = (plan.state, plan.history)
         return plan
 
+    @_retry_on_conflict
     def deploy(
         self,
         model: Any,
@@ -288,9 +346,11 @@ class Endpoint:
         with tempfile.TemporaryDirectory(prefix="mlshift-bundle-") as tmp:
             bundle = as_bundle(model, version, sample=sample, dest=tmp)
             existing = old.version(version) if old else None
-            if existing is not None:
+            if old is not None and existing is not None:
                 if existing.model_sha256 == bundle.sha256:
                     log.info("%s/%s is already deployed with this model", self.name, version)
+                    if dry_run:
+                        return Plan(old, (), self._hist(dry_run=True))
                     return self.versions[version]
                 raise MlshiftError(
                     f"version {version!r} of {self.name!r} already serves another model "
@@ -319,7 +379,7 @@ class Endpoint:
         *,
         dry_run: bool,
         history: tuple[TrafficState, ...] | None = None,
-    ) -> Any:
+    ) -> Endpoint | Plan:
         ready = None
         if not dry_run:
             self._status = self.engine.status(state)
@@ -340,13 +400,14 @@ class Endpoint:
         )
         return self
 
+    @_retry_on_conflict
     def shift(
         self,
         weights: Mapping[str, int] | str,
         percent: int | None = None,
         *,
         dry_run: bool = False,
-    ) -> Any:
+    ) -> Endpoint | Plan:
         """Change how traffic is split: ``shift({"v1": 90, "v2": 10})`` or ``shift("v2", 50)``.
 
         The second form gives ``v2`` 50 % and splits the rest over the other versions in
@@ -374,7 +435,8 @@ class Endpoint:
             dataclasses.replace(state.traffic, weights=new), state, dry_run=dry_run
         )
 
-    def promote(self, version: str, *, dry_run: bool = False) -> Any:
+    @_retry_on_conflict
+    def promote(self, version: str, *, dry_run: bool = False) -> Endpoint | Plan:
         """Send all traffic to ``version`` (header rules stay; a mirror to it is dropped).
 
         Example:
@@ -389,7 +451,8 @@ class Endpoint:
         )
         return self._set_traffic(traffic, state, dry_run=dry_run)
 
-    def rollback(self, to: str | None = None, *, dry_run: bool = False) -> Any:
+    @_retry_on_conflict
+    def rollback(self, to: str | None = None, *, dry_run: bool = False) -> Endpoint | Plan:
         """Return to the traffic split before the last change, or send everything to ``to``.
 
         Each call steps one change further back. Example:
@@ -398,7 +461,7 @@ class Endpoint:
         if to is not None:
             return self.promote(to, dry_run=dry_run)
         state = self._refresh(dry_run=dry_run)
-        history = list(self._history)
+        history = list(self._hist(dry_run=dry_run))
         # Skip entries that route exactly as now (deploying v2 turns {v1: 100} into
         # {v1: 100, v2: 0}): rolling back to them would change nothing.
         while history and _same_split(history[-1], state):
@@ -425,6 +488,7 @@ class Endpoint:
         # A rollback pops the history instead of pushing the split it leaves.
         return self._set_traffic(traffic, state, dry_run=dry_run, history=tuple(history))
 
+    @_retry_on_conflict
     def route_header(
         self,
         header: str,
@@ -433,7 +497,7 @@ class Endpoint:
         *,
         match: str = "exact",
         dry_run: bool = False,
-    ) -> Any:
+    ) -> Endpoint | Plan:
         """Send requests whose ``header`` matches ``value`` to ``version``, whatever the weights.
 
         ``match`` is ``"exact"``, ``"prefix"`` or ``"regex"``; ``version=None`` removes the
@@ -455,7 +519,10 @@ class Endpoint:
         traffic = dataclasses.replace(state.traffic, headers=rules)
         return self._set_traffic(traffic, state, dry_run=dry_run)
 
-    def mirror(self, version: str | None, percent: float = 100.0, *, dry_run: bool = False) -> Any:
+    @_retry_on_conflict
+    def mirror(
+        self, version: str | None, percent: float = 100.0, *, dry_run: bool = False
+    ) -> Endpoint | Plan:
         """Copy ``percent`` % of live requests to ``version`` (answers dropped); None stops it.
 
         Example:
@@ -468,7 +535,8 @@ class Endpoint:
         traffic = dataclasses.replace(state.traffic, mirror=mirror)
         return self._set_traffic(traffic, state, dry_run=dry_run)
 
-    def remove(self, version: str, *, dry_run: bool = False) -> Any:
+    @_retry_on_conflict
+    def remove(self, version: str, *, dry_run: bool = False) -> Endpoint | Plan:
         """Stop and remove ``version``; it must carry no traffic (shift it away first).
 
         Example:
@@ -509,7 +577,7 @@ class Endpoint:
         self._status = self.engine.status(state)
         return restarted
 
-    def delete(self, *, dry_run: bool = False) -> Plan:
+    def delete(self, *, dry_run: bool = False) -> Endpoint | Plan:
         """Remove the endpoint: routes first, then every version. Nothing keeps running.
 
         Example:
@@ -520,7 +588,7 @@ class Endpoint:
         if not dry_run:
             self.engine.execute(plan)
             self._state, self._history, self._status = None, (), {}
-        return plan
+        return plan if dry_run else self
 
     # -- traffic and metrics -----------------------------------------------------------------
 
@@ -561,12 +629,7 @@ class Endpoint:
         """
         from mlshift._durations import parse_duration
 
-        try:
-            state = self._refresh()
-        except (ConfigError, APIError) as exc:
-            # Metrics need only the metrics source (Prometheus), not the Kubernetes API.
-            log.info("reading metrics without the target's API (%s)", exc)
-            state = self._state or EndpointState(self.name, namespace=self.target.namespace())
+        state = self._readable()
         if state is None:
             from mlshift.metrics import empty_frame
 
@@ -581,9 +644,10 @@ class Endpoint:
         """What each version predicts: class shares (or quantiles) and divergence from stable.
 
         ``divergence`` compares each version with the one carrying the most traffic: total
-        variation distance for classifiers, PSI for regressors. Locally the counts come from
-        the servers' own ``/metrics`` (since each version started); on Kubernetes from
-        Prometheus over ``since``.
+        variation distance for classifiers, PSI for regressors. Counts cover the last
+        ``since``: locally from samples of the servers' own ``/metrics``, on Kubernetes from
+        Prometheus (series labelled with the pod's ``namespace``, as Istio's Prometheus
+        scrape configuration does).
 
         Example:
             >>> ep.predictions(since="10m")  # doctest: +SKIP
@@ -591,16 +655,26 @@ class Endpoint:
         from mlshift._durations import parse_duration
         from mlshift.metrics import parse_exposition, predictions_frame, prometheus_predictions
 
-        state = self._existing(None, dry_run=False)
         seconds = parse_duration(since, what="since")
-        texts = self.engine.prediction_metrics(state, since=seconds)
+        state = self._readable()
+        if state is None:
+            return predictions_frame([])
+        windowed = getattr(self.engine, "predictions", None)
         prometheus_url = getattr(self.target, "prometheus_url", None)
-        if texts:
-            stats = [s for text in texts.values() for s in parse_exposition(text, model=self.name)]
+        if windowed is not None:  # the local engine keeps its own samples
+            stats = windowed(state, since=seconds)
         elif prometheus_url:
-            stats = prometheus_predictions(str(prometheus_url), model=self.name, since=seconds)
+            stats = prometheus_predictions(
+                str(prometheus_url),
+                model=self.name,
+                since=seconds,
+                labels={"namespace": state.namespace},
+                token=getattr(self.target, "prometheus_token", None),
+                headers=getattr(self.target, "prometheus_headers", None),
+            )
         else:
-            stats = []
+            texts = self.engine.prediction_metrics(state, since=seconds)
+            stats = [s for text in texts.values() for s in parse_exposition(text, model=self.name)]
         weights = state.traffic.weights
         stable = max(weights, key=lambda v: weights[v]) if weights else None
         return predictions_frame(stats, stable=stable)
@@ -681,10 +755,12 @@ class Endpoint:
 
     def __repr__(self) -> str:
         weights = ", ".join(f"{v}={w}" for v, w in self.weights.items())
-        return f"<Endpoint {self.name} on {self.target.name}: {weights or 'no versions'}>"
+        planned = " (dry run)" if self._shown()[1] else ""
+        return f"<Endpoint {self.name} on {self.target.name}{planned}: {weights or 'no versions'}>"
 
     def _repr_html_(self) -> str:
-        title = f"{self.name} ({self.target.name})"
+        planned = ", dry run: planned, not applied" if self._shown()[1] else ""
+        title = f"{self.name} ({self.target.name}{planned})"
         return _table(list(self.versions.values()), title)
 
 

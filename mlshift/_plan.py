@@ -34,7 +34,9 @@ class Step:
 
     ``apply`` creates or replaces ``obj``; ``wait-ready`` blocks until ``version`` serves;
     ``patch-routes`` swaps mlshift's routes of the VirtualService for ``obj["http"]`` and
-    keeps every other route; ``delete`` removes the named object.
+    keeps every other route — provided the live managed routes still equal
+    ``obj["previous"]`` (None: no check), else the engine raises ``ConflictError`` so the
+    caller re-reads and recomputes; ``delete`` removes the named object.
     """
 
     action: Action
@@ -83,12 +85,14 @@ class Plan:
         return f"<b>{title}</b><ol>{items or '<li>nothing to change</li>'}</ol>"
 
 
-def _routes_step(state: EndpointState, traffic: TrafficState | None = None) -> Step:
+def _routes_step(state: EndpointState, old: EndpointState | None) -> Step:
+    # "previous" is what the change was computed from: an engine that finds other managed
+    # routes live must refuse (ConflictError) rather than overwrite a concurrent change.
     return Step(
         "patch-routes",
         "VirtualService",
         state.name,
-        {"http": managed_routes(state, traffic)},
+        {"http": managed_routes(state), "previous": managed_routes(old) if old else None},
     )
 
 
@@ -122,7 +126,7 @@ def plan_change(
             Step("apply", "DestinationRule", new.name, render_destination_rule(new, union))
         )
     if old is None or managed_routes(old) != managed_routes(new):
-        steps.append(_routes_step(new))
+        steps.append(_routes_step(new, old))
     removed = [v for v in old_names if v not in new.version_names]
     if removed:
         steps.append(Step("apply", "DestinationRule", new.name, render_destination_rule(new)))

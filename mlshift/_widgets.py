@@ -20,8 +20,11 @@ How it behaves, and why:
   only captures output produced by the thread that runs a cell.
 - The refresh thread (a daemon) starts when the widget is first displayed, or on
   ``.start()``; it stops on ``.stop()``, ``.close()`` and at interpreter exit. It also picks
-  up changes made elsewhere (``ep.shift`` in another cell, a new version). This module is
-  imported on first use, with ipywidgets and matplotlib, so ``import mlshift`` stays fast.
+  up changes made elsewhere (``ep.shift`` in another cell, a new version). It reads the
+  metrics without holding the controller's lock, so a slow or timing-out metrics source
+  never freezes the sliders and buttons; a read that began before a change made here is
+  not allowed to show its older weights. This module is imported on first use, with
+  ipywidgets and matplotlib, so ``import mlshift`` stays fast.
 """
 
 from __future__ import annotations
@@ -177,6 +180,9 @@ class TrafficSlider:
         self.step = min(60.0, max(1.0, self.since / 24))
         self._lock = threading.RLock()
         self._syncing = False
+        # Bumped by every change made through the widget: a refresh whose read began before
+        # it must not show the weights it read, which that change has made stale.
+        self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -298,6 +304,7 @@ class TrafficSlider:
     def _act(self, what: str, action: Callable[[], object]) -> bool:
         """Run ``action``; show the applied weights and the time taken, or the error."""
         with self._lock:
+            self._generation += 1
             started = time.perf_counter()
             try:
                 action()
@@ -395,36 +402,46 @@ class TrafficSlider:
         """Read the metrics once, redraw the plot and show the applied weights.
 
         The refresh thread calls this every ``interval`` seconds; tests call it directly.
+        The reads (a Prometheus query or a Kubernetes call may take many seconds to time out)
+        run without the lock, so the sliders and buttons keep working meanwhile; the lock is
+        held only to bring the controls and the plot up to date.
         """
         reader = self._reader
-        with self._lock:  # no redraw of the controls while a change is being applied
-            try:
-                frame = reader.metrics(since=self.since, step=self.step)
-                predictions = self._predictions()
-            except MlshiftError as exc:
+        with self._lock:
+            generation = self._generation
+        try:
+            frame = reader.metrics(since=self.since, step=self.step)
+            predictions = self._predictions()
+        except MlshiftError as exc:
+            with self._lock:
                 self.plot_status.value = (
                     f'<small style="color:{_ERROR_COLOR}">metrics unavailable:'
                     f" {html.escape(str(exc))}</small>"
                 )
-                return
-            self._sync(reader)
-            if reader.weights != self._reported:  # shifted in code, or by another notebook
-                self._reported = reader.weights
-                self.status.value = (
-                    f"applied: {_weights_html(self._reported, self._names)}"
-                    f" <small>(changed outside this widget; seen {time.strftime('%H:%M:%S')})"
-                    "</small>"
-                )
+            return
         png = _render_png(frame, predictions, f"{self.ep.name}: last {self.since:g} s")
-        if self._stop.is_set() and self._thread is threading.current_thread():
-            return  # stopped while drawing: the widget may be closing
-        self.plot.value = png
-        self.plot.layout.display = ""
-        self.refreshes += 1
-        self.plot_status.value = (
-            f"<small>plots updated {time.strftime('%H:%M:%S')}"
-            f"{f', every {self.interval:g} s' if self.running else ''}</small>"
-        )
+        with self._lock:  # no redraw of the controls while a change is being applied
+            if self._stop.is_set() and self._thread is threading.current_thread():
+                return  # stopped while reading or drawing: the widget may be closing
+            # A change made here since the read began is newer than what the reader saw:
+            # showing the reader's weights would snap the sliders back to the old split.
+            # The next refresh reads again and picks up changes made elsewhere.
+            if generation == self._generation:
+                self._sync(reader)
+                if reader.weights != self._reported:  # shifted in code, or another notebook
+                    self._reported = reader.weights
+                    self.status.value = (
+                        f"applied: {_weights_html(self._reported, self._names)}"
+                        f" <small>(changed outside this widget; seen"
+                        f" {time.strftime('%H:%M:%S')})</small>"
+                    )
+            self.plot.value = png
+            self.plot.layout.display = ""
+            self.refreshes += 1
+            self.plot_status.value = (
+                f"<small>plots updated {time.strftime('%H:%M:%S')}"
+                f"{f', every {self.interval:g} s' if self.running else ''}</small>"
+            )
 
     def _predictions(self) -> pd.DataFrame | None:
         read = getattr(self._reader, "predictions", None)

@@ -6,9 +6,13 @@ tested against Envoy and the Kubernetes emulator in tests/integration/.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mlshift._bundle import BundleInfo
 from mlshift._engine import VersionStatus
+from mlshift._exceptions import ConflictError
 from mlshift._plan import Plan
+from mlshift._render import managed_routes
 from mlshift._state import EndpointState, TrafficState, VersionSpec
 
 
@@ -20,11 +24,21 @@ class MemoryEngine:
         self.history: tuple[TrafficState, ...] = ()
         self.plans: list[Plan] = []
         self.down: set[str] = set()
+        # Runs once, just before the next execute: "another notebook" acting meanwhile.
+        self.meanwhile: Callable[[], None] | None = None
 
     def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
         return None if self.state is None else (self.state, self.history)
 
     def execute(self, plan: Plan) -> None:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        for step in plan.steps:
+            previous = (step.obj or {}).get("previous")
+            live = managed_routes(self.state) if self.state else None
+            if step.action == "patch-routes" and previous is not None and previous != live:
+                raise ConflictError("the routes changed since they were read")
         self.plans.append(plan)
         deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
         self.state, self.history = (None, ()) if deleting else (plan.state, plan.history)

@@ -112,8 +112,11 @@ def test_module_level_deploy_uses_the_current_endpoint(models: list[Any], tmp_pa
 
 
 def test_delete_runs_routes_first(ep: mlshift.Endpoint) -> None:
-    plan = ep.delete()
+    plan = ep.delete(dry_run=True)
+    assert isinstance(plan, Plan)
     assert [s.kind for s in plan.steps][:2] == ["VirtualService", "DestinationRule"]
+    assert ep.weights == {"v1": 100, "v2": 0}
+    assert ep.delete() is ep
     assert ep.weights == {}
 
 
@@ -183,3 +186,39 @@ def test_header_rules_and_mirror(ep: mlshift.Endpoint) -> None:
         ep.mirror("v2", 0)
     with pytest.raises(mlshift.UnknownVersionError):
         ep.route_header("x-a", "1", "v9")
+
+
+def test_a_dry_run_never_changes_what_is_shown_as_applied(ep: mlshift.Endpoint) -> None:
+    plan = ep.shift({"v1": 10, "v2": 90}, dry_run=True)
+    assert "weights v1=10, v2=90" in str(plan)
+    assert ep.weights == {"v1": 100, "v2": 0}
+    assert "weight: 90" in ep.render()  # render shows what is planned
+    ep.shift({"v1": 80, "v2": 20})
+    assert ep.weights == {"v1": 80, "v2": 20}
+    assert "weight: 20" in ep.render()
+    assert "(dry run)" not in repr(ep)
+
+
+def test_a_concurrent_change_is_built_upon_not_overwritten(ep: mlshift.Endpoint) -> None:
+    other = mlshift.Endpoint("churn", ep.target)
+    engine = ep.engine
+    engine.meanwhile = lambda: other.route_header("x-team", "a", "v2")  # type: ignore[attr-defined]
+    ep.shift("v2", 30)
+    state = engine.state  # type: ignore[attr-defined]
+    assert dict(state.traffic.weights) == {"v1": 70, "v2": 30}
+    assert [h.header for h in state.traffic.headers] == ["x-team"]  # the other change survived
+
+
+def test_endless_conflicts_give_up_with_conflict_error(ep: mlshift.Endpoint) -> None:
+    other = mlshift.Endpoint("churn", ep.target)
+    engine = ep.engine
+    weights = iter([10, 20, 30, 40, 50, 60])
+
+    def keep_changing() -> None:
+        other.shift("v2", next(weights))
+        engine.meanwhile = keep_changing  # type: ignore[attr-defined]
+
+    engine.meanwhile = keep_changing  # type: ignore[attr-defined]
+    with pytest.raises(mlshift.ConflictError):
+        ep.shift({"v1": 0, "v2": 100})
+    engine.meanwhile = None  # type: ignore[attr-defined]

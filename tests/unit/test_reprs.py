@@ -107,7 +107,7 @@ def offline(bundles: list[BundleInfo]) -> tuple[mlshift.Endpoint, OfflineTarget]
 def test_reprs_read_the_cache_only(offline: tuple[mlshift.Endpoint, OfflineTarget]) -> None:
     ep, target = offline
     calls = target.engine_calls
-    assert repr(ep) == "<Endpoint churn on offline: v1=90, v2=10>"
+    assert repr(ep) == "<Endpoint churn on offline (dry run): v1=90, v2=10>"
     assert repr(ep.versions["v2"]) == "<Version v2 10% unknown>"
     page = ep._repr_html_()
     version_page = ep.versions["v1"]._repr_html_()

@@ -1,9 +1,10 @@
 """The traffic slider's logic without a kernel or a mesh: sliders, snap-back, buttons, thread.
 
 The engine seam is filled by a small, real in-memory engine (``SwitchEngine``) whose versions
-can be switched not-ready and whose router can be made to refuse changes, the way httpx
-tests plug a transport in. tests/integration/test_widgets.py runs the same widget against
-the real local mesh.
+can be switched not-ready, whose router can be made to refuse changes, and whose metrics
+and predictions reads can be held on an Event (a slow Prometheus), the way httpx tests plug a
+transport in. tests/integration/test_widgets.py runs the same widget against the real local
+mesh.
 """
 
 from __future__ import annotations
@@ -34,14 +35,18 @@ class SwitchEngine:
         self.history: tuple[TrafficState, ...] = ()
         self.down: set[str] = set()
         self.refuse_routes = ""
+        self.refusal: type[mlshift.RoutingError] = mlshift.RoutingError
         self.metric_reads = 0
+        self.hold: threading.Event | None = None  # the read named by `held` waits for it
+        self.held = "metrics"
+        self.entered = threading.Event()
 
     def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
         return None if self.state is None else (self.state, self.history)
 
     def execute(self, plan: Plan) -> None:
         if self.refuse_routes and any(s.action == "patch-routes" for s in plan.steps):
-            raise mlshift.RoutingError(self.refuse_routes)
+            raise self.refusal(self.refuse_routes)
         deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
         self.state, self.history = (None, ()) if deleting else (plan.state, plan.history)
 
@@ -61,10 +66,17 @@ class SwitchEngine:
 
     def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
         self.metric_reads += 1
+        self._wait("metrics")
         return empty_frame()
 
     def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
+        self._wait("predictions")
         return {}
+
+    def _wait(self, read: str) -> None:
+        if self.hold is not None and self.held == read:
+            self.entered.set()
+            self.hold.wait(timeout=30)  # the bound only keeps a broken test from hanging
 
 
 class SwitchTarget:
@@ -146,6 +158,60 @@ def test_refused_change_snaps_back_and_shows_the_escaped_error(models: list[Bund
     _engine(ep).down.add("v2")  # not ready: validation refuses before anything is sent
     ctl.sliders["v2"].value = 50
     assert ctl.sliders["v2"].value == 0 and "not ready" in ctl.status.value
+    ctl.widget.close()
+
+
+def test_a_conflict_snaps_back_and_is_shown(models: list[BundleInfo]) -> None:
+    ep = _endpoint(models, 2)
+    ep.shift({"v1": 90, "v2": 10})
+    ctl = TrafficSlider(ep)
+    _engine(ep).refusal = mlshift.ConflictError
+    _engine(ep).refuse_routes = "the VirtualService kept changing; re-read and try again"
+    ctl.sliders["v2"].value = 40
+    assert ctl.sliders["v2"].value == 10 and "ConflictError" in ctl.status.value
+    ctl.promote_button.click()
+    ctl.yes_button.click()
+    assert ep.weights == {"v1": 90, "v2": 10} and ctl.sliders["v2"].value == 10
+    assert "promote v2 was refused" in ctl.status.value and "ConflictError" in ctl.status.value
+    ctl.widget.close()
+
+
+# Metrics first, then predictions: the predictions read re-loads the state, so holding it
+# leaves the refresh with weights read before the shift, which it must not show.
+@pytest.mark.parametrize("held", ["metrics", "predictions"])
+def test_the_slider_works_while_a_refresh_waits_for_a_read(
+    models: list[BundleInfo], held: str
+) -> None:
+    ep = _endpoint(models, 2)
+    ctl = TrafficSlider(ep)
+    engine = _engine(ep)
+    engine.held = held
+    release = engine.hold = threading.Event()
+    refresher = threading.Thread(target=ctl.refresh, daemon=True)
+    slid = threading.Event()
+
+    def slide() -> None:
+        ctl.sliders["v2"].value = 30
+        slid.set()
+
+    try:
+        refresher.start()
+        assert engine.entered.wait(10), f"the refresh never read the {held}"
+        threading.Thread(target=slide, daemon=True).start()
+        # The refresh is still stuck in its read; the shift must not wait for it.
+        assert slid.wait(10), f"the slider froze while the refresh waited for {held}"
+        assert refresher.is_alive() and not release.is_set()
+        assert dict(engine.state.traffic.weights) == {"v1": 70, "v2": 30}  # type: ignore[union-attr]
+    finally:
+        release.set()
+    refresher.join(10)
+    assert not refresher.is_alive() and ctl.refreshes == 1
+    # That refresh began before the shift; it must not snap the slider back to v2=0.
+    assert ctl.sliders["v2"].value == 30 and ep.weights == {"v1": 70, "v2": 30}
+    assert "shift v2 to 30 %" in ctl.status.value
+    assert "changed outside" not in ctl.status.value
+    ctl.refresh()  # the next read sees the shift and agrees with it
+    assert ctl.sliders["v2"].value == 30 and "changed outside" not in ctl.status.value
     ctl.widget.close()
 
 
