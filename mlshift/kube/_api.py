@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mlshift._exceptions import APIConflictError, APIError, APINotFoundError
+from mlshift.kube._config import import_kubernetes
 
 __all__ = [
     "DEPLOYMENTS",
@@ -28,6 +29,7 @@ __all__ = [
     "EVENTS",
     "FIELD_MANAGER",
     "PODS",
+    "REPLICA_SETS",
     "RESOURCES",
     "SERVICES",
     "VIRTUAL_SERVICES",
@@ -64,13 +66,24 @@ class Resource:
 
 
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+REPLICA_SETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
 DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
 VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
-RESOURCES = {r.kind: r for r in (DEPLOYMENTS, SERVICES, PODS, EVENTS, DESTINATION_RULES)}
-RESOURCES[VIRTUAL_SERVICES.kind] = VIRTUAL_SERVICES
+RESOURCES = {
+    r.kind: r
+    for r in (
+        DEPLOYMENTS,
+        REPLICA_SETS,
+        SERVICES,
+        PODS,
+        EVENTS,
+        DESTINATION_RULES,
+        VIRTUAL_SERVICES,
+    )
+}
 
 
 def _status_payload(body: object) -> dict[str, Any]:
@@ -91,9 +104,8 @@ def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
     ``what`` names the call for the message (``"create Deployment ml/churn-v1"``). The
     ``Status`` payload's ``message`` and ``details`` become the error's fields.
     """
-    from kubernetes.client.exceptions import ApiException
-
-    if not isinstance(exc, ApiException):
+    api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
+    if not isinstance(exc, api_exception):
         where = f" at {server}" if server else ""
         return APIError(
             f"cannot reach the Kubernetes API{where} to {what} ({type(exc).__name__}: {exc});"
@@ -193,9 +205,8 @@ class KubeAPI:
         body: object = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
+        api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
+        http_error = import_kubernetes("urllib3.exceptions").HTTPError
         client = self.client
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -212,7 +223,7 @@ class KubeAPI:
             response = client.call_api(*params, _request_timeout=self.request_timeout)
             response.read()
             data = client.response_deserialize(response, {"2XX": "object"}).data
-        except (ApiException, HTTPError, OSError) as exc:
+        except (api_exception, http_error, OSError) as exc:
             raise wrap_api_exception(exc, what, self.server) from exc
         return data if isinstance(data, dict) else {}
 

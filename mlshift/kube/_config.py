@@ -11,19 +11,51 @@ The namespace comes from the argument, ``$MLSHIFT_NAMESPACE``, the chosen contex
 service account's ``namespace`` file, or ``default``. Nothing is found: a ``ConfigError``
 listing every place searched. Discovery only reads local files; the ``ApiClient`` is built
 by ``ClusterConfig.api_client()`` when the engine first calls the API.
+
+The ``kubernetes`` package is the optional extra ``mlshift[kubernetes]``: it is imported
+only there (through ``import_kubernetes``), so targets, dry runs and ``render()`` work
+without it, and a missing package is a ``ConfigError`` saying how to install it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from mlshift._exceptions import ConfigError
 
-__all__ = ["SERVICE_ACCOUNT_DIR", "ClusterConfig", "discover", "kubeconfig_paths"]
+__all__ = [
+    "MISSING_CLIENT",
+    "SERVICE_ACCOUNT_DIR",
+    "ClusterConfig",
+    "discover",
+    "import_kubernetes",
+    "kubeconfig_paths",
+]
+
+MISSING_CLIENT = (
+    "the Kubernetes target needs the kubernetes package: pip install 'mlshift[kubernetes]'"
+    " (dry runs and render() work without it)"
+)
+
+
+def import_kubernetes(module: str = "kubernetes.client") -> ModuleType:
+    """Import a module of the optional ``kubernetes`` client, or raise ``ConfigError``.
+
+    Example:
+        >>> import_kubernetes("kubernetes.client.exceptions").ApiException.__name__
+        'ApiException'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"{MISSING_CLIENT} ({exc})") from exc
+
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 KubeconfigArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
@@ -53,8 +85,8 @@ class ClusterConfig:
             >>> discover().api_client()  # doctest: +SKIP
             <kubernetes.client.api_client.ApiClient object at ...>
         """
-        from kubernetes import client
-        from kubernetes.config.config_exception import ConfigException
+        client = import_kubernetes("kubernetes.client")
+        ConfigException = import_kubernetes("kubernetes.config.config_exception").ConfigException
 
         configuration = client.Configuration()
         try:
@@ -66,7 +98,7 @@ class ClusterConfig:
                     token_filename=str(sa / "token"),
                     cert_filename=str(sa / "ca.crt"),
                     environ=dict(self.environ),
-                ).load_and_set(configuration)  # type: ignore[no-untyped-call]
+                ).load_and_set(configuration)
             else:
                 from kubernetes.config import load_kube_config
 

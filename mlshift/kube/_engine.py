@@ -8,9 +8,14 @@ the other way. Three rules keep other people's work and live traffic safe:
 - Routes are changed by reading the VirtualService, swapping only mlshift's routes
   (``merge_routes``) and writing a merge patch carrying the ``resourceVersion`` that was
   read, so a concurrent change makes the API server answer 409; then it re-reads and tries
-  again, a bounded number of times, before raising ``ConflictError``.
-- A version that does not become ready raises ``NotReadyError`` with the reason from its
-  pods or events, before any route may send it traffic.
+  again, a bounded number of times, before raising ``ConflictError``. A change computed
+  from managed routes that are no longer the live ones (the step's ``previous``: someone
+  else moved the traffic meanwhile) is refused with ``ConflictError`` before any write, on
+  the first read and on every re-read, so the caller re-reads and recomputes it; a 409 due
+  only to foreign routes or fields is merged and retried.
+- A version that does not become ready raises ``NotReadyError`` with the reason from the
+  pods and events of its current rollout (the newest ReplicaSet; a failed earlier rollout's
+  pods and stale conditions do not count), before any route may send it traffic.
 
 The traffic history (for ``rollback``) lives in the VirtualService's
 ``mlshift.io/traffic-history`` annotation, so a second notebook sees the same history.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,19 +46,25 @@ from mlshift.kube._api import (
     DESTINATION_RULES,
     EVENTS,
     PODS,
+    REPLICA_SETS,
     RESOURCES,
     VIRTUAL_SERVICES,
     KubeAPI,
 )
 from mlshift.kube._live import (
     HISTORY_ANNOTATION,
+    Rollout,
+    current_rollout,
     deadline_exceeded,
     dig,
     history_from_annotation,
     history_to_annotation,
+    latest_warning,
     pod_problem,
+    rollout_observed,
     rollout_progress,
     routes_to_traffic,
+    same_routes,
     version_from_deployment,
 )
 
@@ -82,6 +93,9 @@ class EngineSettings:
     """The ingress address; ``{endpoint}`` and ``{namespace}`` are filled in."""
     prometheus_url: str = "http://prometheus.istio-system:9090"
     prometheus_token: str | None = None
+    """A bearer token for Prometheus (sent as ``Authorization: Bearer ...``)."""
+    prometheus_headers: Mapping[str, str] | None = None
+    """Extra HTTP headers for Prometheus (a tenant header, a proxy's auth)."""
     conflict_attempts: int = 5
     """Writes of the VirtualService tried before a ``ConflictError``."""
 
@@ -147,19 +161,18 @@ class KubernetesEngine:
         history = history_from_annotation(dig(vs, "metadata", "annotations", HISTORY_ANNOTATION))
         return state, history
 
-    def _not_ready_reason(self, namespace: str, endpoint: str, version: str) -> tuple[str, bool]:
-        pods = self.api.list_objects(PODS, namespace, {"app": endpoint, "version": version})
-        return pod_problem(pods)
+    def _rollout(self, namespace: str, endpoint: str, dep: Mapping[str, Any]) -> Rollout:
+        """The pods (and ReplicaSet) of the Deployment's current rollout; none until observed."""
+        if not rollout_observed(dep):
+            return Rollout("", ())
+        labels = {"app": endpoint, "version": str(dig(dep, "metadata", "labels", "version"))}
+        replica_sets = self.api.list_objects(REPLICA_SETS, namespace, labels)
+        pods = self.api.list_objects(PODS, namespace, labels)
+        return current_rollout(dep, replica_sets, pods)
 
-    def _warning_events(self, namespace: str, deployment: str) -> str:
+    def _warning_events(self, namespace: str, names: Iterable[str]) -> str:
         events = self.api.list_objects(EVENTS, namespace, fields={"type": "Warning"})
-        mine = [
-            e for e in events if str(dig(e, "involvedObject", "name") or "").startswith(deployment)
-        ]
-        if not mine:
-            return ""
-        last = mine[-1]
-        return f"{last.get('reason') or 'Warning'}: {last.get('message') or ''}".strip()
+        return latest_warning(events, names)
 
     def status(self, state: EndpointState) -> dict[str, VersionStatus]:
         """Ask the cluster how every version is doing; ready means it can take traffic."""
@@ -176,7 +189,7 @@ class KubernetesEngine:
             done, ready, want = rollout_progress(dep)
             reason = ""
             if not done:
-                problem, _ = self._not_ready_reason(state.namespace, state.name, spec.name)
+                problem, _ = pod_problem(self._rollout(state.namespace, state.name, dep).pods)
                 reason = problem or f"{ready}/{want} replicas ready"
             out[spec.name] = VersionStatus(
                 spec.name, ready > 0, weight, reason, replicas=want, ready_replicas=ready
@@ -200,6 +213,7 @@ class KubernetesEngine:
             since=since,
             step=step,
             token=self.settings.prometheus_token,
+            headers=self.settings.prometheus_headers,
         )
 
     def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
@@ -218,8 +232,12 @@ class KubernetesEngine:
             elif step.action == "wait-ready":
                 self._wait_ready(state, step.name, step.version or "")
             elif step.action == "patch-routes":
-                routes = list((step.obj or {}).get("http") or ())
-                self._patch_routes(state, routes, plan.history)
+                obj = step.obj or {}
+                routes = list(obj.get("http") or ())
+                previous = obj.get("previous")
+                self._patch_routes(
+                    state, routes, plan.history, None if previous is None else list(previous)
+                )
             elif step.action == "delete":
                 self.api.delete(RESOURCES[step.kind], state.namespace, step.name)
         deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
@@ -254,11 +272,14 @@ class KubernetesEngine:
                 if done:
                     log.info("%s/%s ready in %.1f s", ns, name, time.monotonic() - started)
                     return
-                problem, fatal = self._not_ready_reason(ns, state.name, version)
+                rollout = self._rollout(ns, state.name, dep)
+                problem, fatal = pod_problem(rollout.pods)
                 stuck = deadline_exceeded(dep)
                 timed_out = time.monotonic() >= deadline
                 if fatal or stuck or timed_out:
-                    problem = problem or stuck or self._warning_events(ns, name)
+                    # The events name the cause (FailedCreate: a PodSecurity rejection, a
+                    # quota) where ProgressDeadlineExceeded only says that time ran out.
+                    problem = problem or self._warning_events(ns, rollout.names(name)) or stuck
                     waited = time.monotonic() - started
                     why = "" if fatal else f" within {waited:.0f} s (rollout_timeout)"
                     raise NotReadyError(
@@ -277,12 +298,19 @@ class KubernetesEngine:
         state: EndpointState,
         managed: list[dict[str, Any]],
         history: Sequence[TrafficState],
+        previous: list[dict[str, Any]] | None = None,
     ) -> None:
         ns, name = state.namespace, state.name
         annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
         last: Exception | None = None
         for attempt in range(1, self.settings.conflict_attempts + 1):
             live = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+            if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
+                raise ConflictError(
+                    f"the routes of VirtualService {ns}/{name} changed since they were read:"
+                    " someone else moved the traffic meanwhile, and nothing was written. Re-read"
+                    " them (ep.status()) and try again",
+                ) from last
             try:
                 if live is None:
                     vs = render_virtual_service(state)

@@ -1,39 +1,49 @@
 """Reading an endpoint back from live objects: pure functions over the API's dicts.
 
 What a Deployment's status says about its rollout (as ``kubectl rollout status`` reads it),
-why its pods are not ready, which traffic the managed routes of a VirtualService carry, the
-version spec a Deployment was rendered from, and the traffic history kept in an annotation.
-No I/O here; the engine fetches the objects.
+which pods and ReplicaSet belong to its current rollout and why they are not ready, which
+traffic the managed routes of a VirtualService carry and whether they still are what a
+change was computed from, the version spec a Deployment was rendered from, and the traffic
+history kept in an annotation. No I/O here; the engine fetches the objects.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlshift._durations import parse_duration
-from mlshift._render import MANAGED_ROUTE
+from mlshift._render import MANAGED_ROUTE, is_managed_route
 from mlshift._state import HeaderRoute, Mirror, Resources, RoutePolicy, TrafficState, VersionSpec
 
 __all__ = [
     "FATAL_REASONS",
     "HISTORY_ANNOTATION",
     "HISTORY_MAX_CHARS",
+    "Rollout",
+    "current_rollout",
     "deadline_exceeded",
     "dig",
     "history_from_annotation",
     "history_to_annotation",
+    "latest_warning",
     "pod_problem",
+    "rollout_observed",
     "rollout_progress",
     "routes_to_traffic",
+    "same_routes",
     "version_from_deployment",
 ]
 
 log = logging.getLogger("mlshift.kube")
 
 HISTORY_ANNOTATION = "mlshift.io/traffic-history"
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+HASH_LABEL = "pod-template-hash"
 SHA_ANNOTATION = "mlshift.io/model-sha256"
 # Annotations share 256 KiB per object; the history keeps the newest entries within 32 KiB.
 HISTORY_MAX_CHARS = 32_000
@@ -84,11 +94,130 @@ def rollout_progress(dep: Mapping[str, Any]) -> tuple[bool, int, int]:
     return updated >= want and ready >= want and total <= updated, ready, want
 
 
+def rollout_observed(dep: Mapping[str, Any]) -> bool:
+    """Tell whether the Deployment controller has seen the latest spec.
+
+    Until it has, ``status`` (replicas, conditions, the revision annotation) still describes
+    the previous rollout: right after a Deployment is applied again, its old
+    ``ProgressDeadlineExceeded`` condition and its old pods say nothing about the new one.
+
+    Example:
+        >>> rollout_observed({"metadata": {"generation": 2}, "status": {"observedGeneration": 1}})
+        False
+    """
+    generation = dig(dep, "metadata", "generation")
+    if generation is None:
+        return True
+    observed = dig(dep, "status", "observedGeneration")
+    return observed is not None and int(observed) >= int(generation)
+
+
 def deadline_exceeded(dep: Mapping[str, Any]) -> str:
+    """The ``ProgressDeadlineExceeded`` reason of the current rollout ("" if none or stale)."""
+    if not rollout_observed(dep):
+        return ""
     for cond in dig(dep, "status", "conditions") or ():
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return f"ProgressDeadlineExceeded: {cond.get('message') or ''}".strip()
     return ""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The current rollout of a Deployment: its newest ReplicaSet (if known) and its pods."""
+
+    replica_set: str
+    pods: tuple[Mapping[str, Any], ...]
+
+    def names(self, deployment: str) -> frozenset[str]:
+        """The ``involvedObject`` names its events carry: the Deployment, ReplicaSet, pods."""
+        pods = (str(dig(p, "metadata", "name")) for p in self.pods)
+        return frozenset({deployment, self.replica_set, *pods} - {""})
+
+
+def _revision(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(dig(obj, "metadata", "annotations", REVISION_ANNOTATION) or 0)
+    except ValueError:
+        return 0
+
+
+def _model_image(template: Mapping[str, Any] | None) -> object:
+    containers = dig(template, "spec", "containers") or [{}]
+    container = next((c for c in containers if c.get("name") == "model"), containers[0])
+    return container.get("image")
+
+
+def current_rollout(
+    dep: Mapping[str, Any],
+    replica_sets: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+) -> Rollout:
+    """Pick the pods of the Deployment's newest ReplicaSet out of all its version's pods.
+
+    The newest ReplicaSet is the one whose revision annotation matches the Deployment's (the
+    highest revision when none does); its ``pod-template-hash`` label marks its pods. Pods of
+    an earlier rollout (say an ``ImagePullBackOff`` left by a broken image, which stays until
+    a new pod is ready) are not judged. Without ReplicaSets, pods running the Deployment's
+    current image stand in. Terminating pods never count.
+
+    Example:
+        >>> dep = {"metadata": {"name": "d", "annotations": {REVISION_ANNOTATION: "2"}}}
+        >>> rs = [{"metadata": {"name": f"d-h{r}", "labels": {HASH_LABEL: f"h{r}"},
+        ...        "annotations": {REVISION_ANNOTATION: str(r)}}} for r in (1, 2)]
+        >>> pods = [{"metadata": {"name": f"p{r}", "labels": {HASH_LABEL: f"h{r}"}}}
+        ...         for r in (1, 2)]
+        >>> [dig(p, "metadata", "name") for p in current_rollout(dep, rs, pods).pods]
+        ['p2']
+    """
+    name = dig(dep, "metadata", "name")
+    mine = [
+        rs
+        for rs in replica_sets
+        if not dig(rs, "metadata", "ownerReferences")
+        or any(o.get("name") == name for o in dig(rs, "metadata", "ownerReferences") or ())
+    ]
+    live = [p for p in pods if not dig(p, "metadata", "deletionTimestamp")]
+    wanted = _revision(dep)
+    newest = next((rs for rs in mine if wanted and _revision(rs) == wanted), None)
+    newest = newest or max(mine, key=_revision, default=None)
+    pod_hash = dig(newest, "metadata", "labels", HASH_LABEL)
+    if newest is None or not pod_hash:
+        image = _model_image(dig(dep, "spec", "template"))
+        return Rollout("", tuple(p for p in live if _model_image(p) == image))
+    return Rollout(
+        str(dig(newest, "metadata", "name") or ""),
+        tuple(p for p in live if dig(p, "metadata", "labels", HASH_LABEL) == pod_hash),
+    )
+
+
+def latest_warning(events: Iterable[Mapping[str, Any]], names: Iterable[str]) -> str:
+    """The newest Warning event about one of ``names`` (exact ``involvedObject`` names).
+
+    Matching exact names, not a prefix, keeps ``churn-v10``'s events out of ``churn-v1``.
+
+    Example:
+        >>> latest_warning([{"involvedObject": {"name": "churn-v10-abc"}, "reason": "X"}],
+        ...                ["churn-v1"])
+        ''
+    """
+    wanted = set(names)
+    mine = [e for e in events if str(dig(e, "involvedObject", "name") or "") in wanted]
+    if not mine:
+        return ""
+
+    def when(event: Mapping[str, Any]) -> str:
+        # RFC 3339 in UTC sorts as text; list order decides among equal times.
+        return str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or event.get("firstTimestamp")
+            or dig(event, "metadata", "creationTimestamp")
+            or ""
+        )
+
+    last = max(reversed(mine), key=when)  # max keeps the first of equals: the latest listed
+    return f"{last.get('reason') or 'Warning'}: {last.get('message') or ''}".strip()
 
 
 def pod_problem(pods: Iterable[Mapping[str, Any]]) -> tuple[str, bool]:
@@ -187,6 +316,73 @@ def routes_to_traffic(
         retry_on=str(retries.get("retryOn", defaults.retry_on)),
     )
     return TrafficState(weights, tuple(headers), mirror), policy
+
+
+# Every key the renderer writes into a managed route, at any depth (mlshift._render). Keys
+# of a live route outside this set were added by the API server (defaults) or by another
+# tool and are not part of what mlshift compares.
+ROUTE_KEYS = frozenset(
+    {
+        "name",
+        "match",
+        "headers",
+        "exact",
+        "prefix",
+        "regex",
+        "route",
+        "destination",
+        "host",
+        "subset",
+        "port",
+        "number",
+        "weight",
+        "mirror",
+        "mirrorPercentage",
+        "value",
+        "timeout",
+        "retries",
+        "attempts",
+        "retryOn",
+        "perTryTimeout",
+    }
+)
+
+
+def _same(live: object, written: object, *, any_key: bool = False) -> bool:
+    if isinstance(live, Mapping) and isinstance(written, Mapping):
+        keys = set(written) | {k for k in live if any_key or k in ROUTE_KEYS}
+        return all(
+            k in live and k in written and _same(live[k], written[k], any_key=k == "headers")
+            for k in keys
+        )
+    if isinstance(live, list) and isinstance(written, list):
+        return len(live) == len(written) and all(map(_same, live, written))
+    numbers = (int, float)
+    if isinstance(live, numbers) and isinstance(written, numbers):
+        if isinstance(live, bool) or isinstance(written, bool):
+            return live is written
+        return math.isclose(float(live), float(written), rel_tol=0, abs_tol=1e-9)
+    return live == written
+
+
+def same_routes(
+    live: Iterable[Mapping[str, Any]] | None, previous: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Tell whether the managed routes among ``live`` are still ``previous``.
+
+    Compared as mlshift wrote them: keys it never writes (server defaults, another tool's
+    additions) are ignored, numbers compare by value (``25`` equals ``25.0``), order counts
+    (the first matching route wins). Header names under ``headers`` are data: all count.
+
+    Example:
+        >>> main = {"name": "mlshift", "route": [{"destination": {"subset": "v1"}, "weight": 100}]}
+        >>> same_routes([{"name": "admin"}, {**main, "corsPolicy": {}}], [main])
+        True
+        >>> same_routes([{"name": "mlshift", "route": []}], [main])
+        False
+    """
+    managed = [r for r in live or () if is_managed_route(r)]
+    return _same(managed, list(previous))
 
 
 def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:

@@ -1,16 +1,20 @@
 """The least-privilege Role the Kubernetes target needs, verb by verb, and its binding.
 
-Each rule names the SDK call that needs it, so a cluster admin can review the list:
+Each rule names what the engine calls it for, so a cluster admin can review the list; an
+integration test runs every flow against the emulator and checks that the verbs it sent are
+exactly these:
 
-====================  ===================================  =====================================
-resource              verbs                                why
-====================  ===================================  =====================================
-deployments (apps)    get list watch create patch delete   one per version; wait for the rollout
-pods, events          get list                             say why a version is not ready
-services              get create patch delete              the endpoint's Service
-destinationrules      get list create patch delete         one subset per version (Istio)
-virtualservices       get list create patch delete         the weights; never ``update`` (PUT)
-====================  ===================================  =====================================
+=======================  =========================  ========================================
+resource                 verbs                      why
+=======================  =========================  ========================================
+deployments (apps)       get list create patch      one per version; poll its rollout; find
+                         delete                     the endpoint's versions
+replicasets (apps)       list                       which pods belong to the newest rollout
+pods, events             list                       say why a version is not ready
+services                 create patch delete        the endpoint's Service
+destinationrules         get create patch delete    one subset per version (Istio)
+virtualservices          get create patch delete    the weights; never ``update`` (PUT)
+=======================  =========================  ========================================
 
 The same Role ships as ``mlshift/data/rbac.yaml`` (namespace ``default``; a test keeps the
 two in step). Nothing cluster-wide is needed.
@@ -28,14 +32,15 @@ RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
     },
-    {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch", "delete"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
     {
         "apiGroups": ["networking.istio.io"],
         "resources": ["destinationrules", "virtualservices"],
-        "verbs": ["get", "list", "create", "patch", "delete"],
+        "verbs": ["get", "create", "patch", "delete"],
     },
 ]
 

@@ -17,9 +17,12 @@ argument                   environment variable                          default
 ``url``                    ``MLSHIFT_URL``                               the in-cluster Service
 ``base_image``             ``MLSHIFT_BASE_IMAGE``                        mlshift's serving base
 ``prometheus_token``       ``MLSHIFT_PROMETHEUS_TOKEN``                  none
+``prometheus_headers``     (none)                                        none
 ``rollout_timeout``        ``MLSHIFT_ROLLOUT_TIMEOUT``                   ``"5m"``
 ``insecure_registry``      ``MLSHIFT_INSECURE_REGISTRY`` (``1``/``0``)   loopback only
 =========================  ============================================  =======================
+
+An argument given explicitly always wins over its environment variable.
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ from mlshift.kube._engine import EngineSettings, KubernetesEngine
 if TYPE_CHECKING:
     from mlshift._bundle import BundleInfo
 
-__all__ = ["DEFAULT_PROMETHEUS_URL", "Kubernetes"]
+__all__ = ["DEFAULT_PROMETHEUS_URL", "DEFAULT_ROLLOUT_TIMEOUT", "Kubernetes"]
 
 log = logging.getLogger("mlshift.kube")
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus.istio-system:9090"
+DEFAULT_ROLLOUT_TIMEOUT = "5m"
 
 
 def _flag(value: str | None) -> bool | None:
@@ -82,11 +86,15 @@ class Kubernetes:
         url: the ingress gateway address requests go to (``{endpoint}`` and ``{namespace}``
             are filled in); default the in-cluster ``http://<endpoint>.<ns>.svc.cluster.local``.
         base_image: the serving base image the model is layered onto.
-        rollout_timeout: how long a version may take to become ready (``"5m"``, seconds).
+        rollout_timeout: how long a version may take to become ready (``"90s"``, seconds);
+            default ``$MLSHIFT_ROLLOUT_TIMEOUT``, else ``"5m"``.
         resources: default requests/limits for every version (``Resources`` or a dict of its
             fields).
         insecure_registry: allow plain HTTP to the registry (default: only for loopback).
-        prometheus_token: a bearer token for Prometheus.
+        prometheus_token: a bearer token for Prometheus (default
+            ``$MLSHIFT_PROMETHEUS_TOKEN``).
+        prometheus_headers: extra HTTP headers for Prometheus, e.g. a tenant header
+            ``{"X-Scope-OrgID": "ml"}`` or a proxy's auth.
         progress: show progress bars for pushes and rollouts.
         poll_interval: seconds between rollout checks.
         service_account_dir: where the in-cluster service account files are.
@@ -114,10 +122,11 @@ class Kubernetes:
         url: str | None = None,
         *,
         base_image: str | None = None,
-        rollout_timeout: str | float = "5m",
+        rollout_timeout: str | float | None = None,
         resources: Resources | Mapping[str, str] | None = None,
         insecure_registry: bool | None = None,
         prometheus_token: str | None = None,
+        prometheus_headers: Mapping[str, str] | None = None,
         progress: bool = True,
         poll_interval: float = 1.0,
         service_account_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR,
@@ -134,8 +143,9 @@ class Kubernetes:
         )
         self.url = url or env.get("MLSHIFT_URL") or None
         self.base_image = base_image or env.get("MLSHIFT_BASE_IMAGE") or None
-        timeout = env.get("MLSHIFT_ROLLOUT_TIMEOUT") if rollout_timeout == "5m" else None
-        self.rollout_timeout = parse_duration(timeout or rollout_timeout, what="rollout_timeout")
+        if rollout_timeout is None:
+            rollout_timeout = env.get("MLSHIFT_ROLLOUT_TIMEOUT") or DEFAULT_ROLLOUT_TIMEOUT
+        self.rollout_timeout = parse_duration(rollout_timeout, what="rollout_timeout")
         self.resources = _resources(resources)
         self.insecure_registry = (
             insecure_registry
@@ -143,6 +153,7 @@ class Kubernetes:
             else _flag(env.get("MLSHIFT_INSECURE_REGISTRY"))
         )
         self.prometheus_token = prometheus_token or env.get("MLSHIFT_PROMETHEUS_TOKEN") or None
+        self.prometheus_headers = dict(prometheus_headers) if prometheus_headers else None
         self.progress = progress
         self.poll_interval = float(poll_interval)
         self.service_account_dir = Path(service_account_dir)
@@ -199,6 +210,7 @@ class Kubernetes:
             url=self.url,
             prometheus_url=self.prometheus_url,
             prometheus_token=self.prometheus_token,
+            prometheus_headers=self.prometheus_headers,
         )
         return KubernetesEngine(endpoint, self.api, settings)
 

@@ -245,7 +245,18 @@ def test_endless_conflicts_raise_conflict_error(kube_emulator: KubeEmulator) -> 
         "churn", engine.api, dataclasses.replace(engine.settings, conflict_attempts=3)
     )
     resource = kmock.resource("networking.istio.io", "v1", "virtualservices")
-    kube_emulator.run(lambda: kube_emulator.kmock["patch", resource] << 409 << {"code": 409})
+    handler = kube_emulator.kmock
+
+    def refuse(request: Any) -> dict[str, Any]:
+        # Someone keeps touching a field mlshift does not own; the refused write is undone
+        # (kmock stores it before reactions run).
+        stored = handler.objects[VS, "ml", "churn"]
+        theirs = copy.deepcopy(stored.history[-2].raw)
+        theirs["metadata"].setdefault("labels", {})["touched"] = str(len(stored.history))
+        stored.history.append(theirs)
+        return {"code": 409}
+
+    kube_emulator.run(lambda: handler["patch", resource] << 409 << refuse)
     before = len(kube_emulator.patches("virtualservices"))
 
     with pytest.raises(ConflictError, match="kept changing"):
@@ -439,3 +450,206 @@ def test_dry_runs_need_no_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     }
     assert weights == {"v1": 90, "v2": 10}
     assert all(d["metadata"]["namespace"] == "default" for d in docs)
+
+
+def test_a_failed_version_deploys_again_with_a_good_image(kube_emulator: KubeEmulator) -> None:
+    """The broken rollout's ImagePullBackOff pod and stale ProgressDeadlineExceeded stay
+    until the new pod is ready; neither may fail the retried deploy."""
+    engine = _target(kube_emulator).engine("churn")
+    _deploy(engine, _spec("v1"))
+    with pytest.raises(NotReadyError, match="ImagePullBackOff"):
+        _deploy(engine, _spec("v2", image="registry.test/ml/churn-broken@sha256:" + "3" * 64))
+    failed = kube_emulator.obj(DEP, "churn-v2")
+    assert failed is not None
+    assert failed["status"]["conditions"][0]["reason"] == "ProgressDeadlineExceeded"
+    broken_pods = [p["metadata"]["name"] for p in kube_emulator.live("v1/pods")]
+
+    state = _deploy(engine, _spec("v2"))
+
+    assert _subsets(kube_emulator) == ["v1", "v2"]
+    assert _weights(kube_emulator) == {"v1": 100, "v2": 0}
+    dep = kube_emulator.obj(DEP, "churn-v2")
+    assert dep is not None and dep["metadata"]["generation"] == 2
+    pods = [p["metadata"]["name"] for p in kube_emulator.live("v1/pods")]
+    assert len(pods) == 2 and not {p for p in pods if p.startswith("churn-v2-")} & set(broken_pods)
+    assert engine.status(state)["v2"].ready
+
+
+def _someone_else_edits(emu: KubeEmulator, edit: str) -> dict[str, Any]:
+    """Change the managed routes the way another notebook (or kubectl) would."""
+    vs = emu.obj(VS, "churn")
+    assert vs is not None
+    main = next(r for r in vs["spec"]["http"] if r["name"] == "mlshift")
+    if edit == "weights":
+        for dest in main["route"]:
+            dest["weight"] = 50
+    else:  # a header rule sending testers to v2
+        header = copy.deepcopy(main)
+        header.update(name="mlshift-header-0", match=[{"headers": {"x-canary": {"exact": "1"}}}])
+        header["route"] = [{**main["route"][1], "weight": 100}]
+        vs["spec"]["http"].insert(0, header)
+    return vs
+
+
+@pytest.mark.parametrize("edit", ["weights", "header-rule"])
+def test_managed_routes_changed_since_read_is_a_conflict_and_nothing_is_written(
+    kube_emulator: KubeEmulator, edit: str
+) -> None:
+    engine = _target(kube_emulator).engine("churn")
+    _deploy(engine, _spec("v1"))
+    _deploy(engine, _spec("v2"))
+    loaded = engine.load("churn")  # the facade reads the state ...
+    assert loaded is not None
+    state = loaded[0]
+    theirs = _someone_else_edits(kube_emulator, edit)  # ... someone else moves the traffic ...
+    kube_emulator.put(VS, "churn", theirs)
+    before = len(kube_emulator.writes())
+
+    plan = plan_change(state, state.with_traffic(TrafficState({"v1": 90, "v2": 10})))
+    with pytest.raises(ConflictError, match=r"changed since they were read.*ep\.status\(\)"):
+        engine.execute(plan)  # ... and the change computed from the old read is refused
+
+    assert kube_emulator.writes()[before:] == []
+    assert kube_emulator.obj(VS, "churn") == theirs
+
+
+def test_409_from_a_managed_route_change_is_a_conflict(kube_emulator: KubeEmulator) -> None:
+    """The other writer won the race (409); their change moved weights: recompute, not merge."""
+    import kmock
+
+    engine = _target(kube_emulator).engine("churn")
+    _deploy(engine, _spec("v1"))
+    _deploy(engine, _spec("v2"))
+    handler = kube_emulator.kmock
+    theirs = _someone_else_edits(kube_emulator, "weights")
+
+    def conflict(request: Any) -> dict[str, Any]:
+        handler.objects[VS, "ml", "churn"].history.append(copy.deepcopy(theirs))
+        return {"kind": "Status", "code": 409, "reason": "Conflict", "message": "modified"}
+
+    patches = handler["patch", kmock.resource("networking.istio.io", "v1", "virtualservices")]
+    seen = kube_emulator.run(lambda: len(patches))
+    kube_emulator.run(lambda: patches[seen : seen + 1] << 409 << conflict)
+    before = len(kube_emulator.patches("virtualservices"))
+
+    with pytest.raises(ConflictError, match="changed since they were read"):
+        _route(engine, TrafficState({"v1": 70, "v2": 30}))
+
+    assert len(kube_emulator.patches("virtualservices")) - before == 1  # no second try
+    assert _weights(kube_emulator) == {"v1": 50, "v2": 50}
+
+
+def test_warning_events_of_another_version_are_not_reported(kube_emulator: KubeEmulator) -> None:
+    """churn-v10's events start with "churn-v1" but are not churn-v1's."""
+    import kmock
+
+    handler = kube_emulator.kmock
+    other = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "churn-v10-7d9f8b6c5-x2x4z.1", "namespace": "ml"},
+        "type": "Warning",
+        "reason": "BackOff",
+        "message": "Back-off restarting failed container (not churn-v1's)",
+        "involvedObject": {"kind": "Pod", "name": "churn-v10-7d9f8b6c5-x2x4z"},
+        "lastTimestamp": "2999-01-01T00:00:00Z",
+    }
+
+    def emitted(request: Any) -> None:  # just now, by another version's kubelet
+        handler.objects["v1/events", "ml", other["metadata"]["name"]] = other
+
+    kube_emulator.run(lambda: handler["list", kmock.resource("", "v1", "events")] << emitted)
+    engine = _target(kube_emulator, rollout_timeout=0.3).engine("churn")
+    with pytest.raises(NotReadyError, match="FailedCreate: pods .* is forbidden") as info:
+        _deploy(engine, _spec("v1", image="registry.test/ml/forbidden@sha256:" + "4" * 64))
+    assert "not churn-v1's" not in str(info.value)
+    assert info.value.reason == "FailedCreate"
+
+
+def test_rbac_role_grants_exactly_the_verbs_the_flows_use(kube_emulator: KubeEmulator) -> None:
+    from mlshift._render import render_service
+    from mlshift.kube import rbac
+
+    service = render_service(EndpointState("churn", "ml"))  # made beforehand by someone
+    kube_emulator.put("v1/services", "churn", service)
+    engine = _target(kube_emulator).engine("churn")
+    impatient = _target(kube_emulator, rollout_timeout=0.2).engine("churn")
+    with pytest.raises(NotReadyError, match="FailedCreate"):
+        _deploy(impatient, _spec("v1", image="registry.test/ml/forbidden@sha256:" + "6" * 64))
+    _deploy(engine, _spec("v1"))
+    with pytest.raises(NotReadyError):
+        _deploy(engine, _spec("v2", image="registry.test/ml/broken@sha256:" + "5" * 64))
+    state = _deploy(engine, _spec("v2"))
+    _route(engine, TrafficState({"v1": 50, "v2": 50}))
+    engine.status(state)
+    loaded = engine.load("churn")
+    assert loaded is not None
+    engine.execute(plan_change(loaded[0], loaded[0].without_version("v1")))
+    engine.execute(plan_delete(loaded[0]))
+    verbs = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+
+    def used() -> set[tuple[str, str, str]]:
+        out = set()
+        for req in list(kube_emulator.kmock):
+            method = str(req.method.value).upper()
+            verb = verbs.get(method) or ("get" if req.name else "list")
+            if req.params.get("watch"):
+                verb = "watch"
+            out.add((req.resource.group, req.resource.plural, verb))
+        return out
+
+    role = rbac("ml")[0]
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert kube_emulator.run(used) == granted
+
+
+def test_prometheus_token_and_headers_reach_prometheus() -> None:
+    import http.server
+    import threading
+
+    seen: list[dict[str, str]] = []
+
+    class Prometheus(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(dict(self.headers))
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            body = b'{"status":"success","data":{"resultType":"matrix","result":[]}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Prometheus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = Kubernetes(
+            namespace="ml",
+            prometheus_url=f"http://127.0.0.1:{server.server_address[1]}",
+            prometheus_token="s3cret",
+            prometheus_headers={"X-Scope-OrgID": "ml-team"},
+        )
+        assert (target.prometheus_token, target.prometheus_headers) == (
+            "s3cret",
+            {"X-Scope-OrgID": "ml-team"},
+        )
+        target.engine("churn").metrics(EndpointState("churn", "ml"), since=900, step=60)
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert seen
+    assert all(h.get("Authorization") == "Bearer s3cret" for h in seen)
+    assert all(h.get("X-Scope-OrgID") == "ml-team" for h in seen)

@@ -159,3 +159,43 @@ def test_api_clients_are_built_from_either_source(tmp_path: Path, home: Path, sa
     in_cluster = discover(environ=env, service_account_dir=sa_dir).api_client()
     assert in_cluster.configuration.host == "https://10.96.0.1:443"
     assert in_cluster.configuration.api_key["BearerToken"] == "bearer sa-token"
+
+
+def test_missing_kubernetes_package_is_a_config_error_only_when_the_cluster_is_used(
+    tmp_path: Path,
+) -> None:
+    """Without the optional extra, targets and dry runs work; the first API call says what
+    to install. Run in a fresh interpreter where importing ``kubernetes`` fails."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["kubernetes"] = None  # as if `pip install mlshift` without the extra
+import mlshift
+from mlshift._bundle import BundleInfo
+from mlshift._state import EndpointState
+target = mlshift.Kubernetes(namespace="ml", registry="r.example.com/ml",
+                            kubeconfig={str(tmp_path / "kubeconfig")!r})
+info = BundleInfo(path={str(tmp_path)!r}, sha256="ab" * 32, flavor="sklearn", serializer="skops")
+print(target.prepare_version(info, "churn", "v1", dry_run=True).image)
+engine = target.engine("churn")
+try:
+    engine.load("churn")
+except mlshift.ConfigError as exc:
+    print(exc)
+"""
+    (tmp_path / "kubeconfig").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out[0] == "r.example.com/ml/churn:churn-v1"
+    assert out[1].startswith(
+        "the Kubernetes target needs the kubernetes package: pip install 'mlshift[kubernetes]'"
+    )

@@ -1,8 +1,10 @@
 """The Kubernetes target's pure parts: RBAC, reading routes back, rollout and pod checks.
 
 No network: the shipped ``mlshift/data/rbac.yaml`` equals ``rbac("default")``; live routes
-read back into the same traffic they were rendered from; Deployment status and pod status
-give the right verdicts; the history annotation stays bounded; the target builds with no
+read back into the same traffic they were rendered from, and compare equal to what was
+rendered despite server defaults but not after another writer's change; Deployment status
+and pod status give the right verdicts, judging only the newest rollout; events are matched
+by exact name; the history annotation stays bounded; the target builds with no
 cluster and names, in a dry run, the image it would push.
 """
 
@@ -28,11 +30,15 @@ from mlshift._state import (
 from mlshift.kube import Kubernetes, rbac
 from mlshift.kube._live import (
     HISTORY_MAX_CHARS,
+    current_rollout,
+    deadline_exceeded,
     history_from_annotation,
     history_to_annotation,
+    latest_warning,
     pod_problem,
     rollout_progress,
     routes_to_traffic,
+    same_routes,
 )
 
 RBAC_FILE = Path(mlshift.__file__).parent / "data" / "rbac.yaml"
@@ -50,11 +56,10 @@ def test_rbac_grants_exactly_the_verbs_used() -> None:
         for g in rule["apiGroups"]
         for r in rule["resources"]
     }
-    assert verbs[("apps", "deployments")] == {"get", "list", "watch", "create", "patch", "delete"}
-    assert verbs[("", "events")] == {"get", "list"}
+    assert verbs[("apps", "deployments")] == {"get", "list", "create", "patch", "delete"}
+    assert verbs[("apps", "replicasets")] == verbs[("", "events")] == {"list"}
     assert verbs[("networking.istio.io", "virtualservices")] == {
         "get",
-        "list",
         "create",
         "patch",
         "delete",
@@ -206,3 +211,105 @@ def test_exports() -> None:
 
     assert mlshift.kube.__all__ == sorted(mlshift.kube.__all__)
     assert mlshift.Kubernetes is Kubernetes and mlshift.rbac is rbac
+
+
+def test_explicit_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSHIFT_ROLLOUT_TIMEOUT", "90s")
+    monkeypatch.setenv("MLSHIFT_PROMETHEUS_TOKEN", "from-env")
+    target = Kubernetes(namespace="ml", rollout_timeout="5m", prometheus_token="given")
+    assert (target.rollout_timeout, target.prometheus_token) == (300.0, "given")
+    assert Kubernetes(namespace="ml").rollout_timeout == 90.0
+    monkeypatch.delenv("MLSHIFT_ROLLOUT_TIMEOUT")
+    target = Kubernetes(namespace="ml", prometheus_headers={"X-Scope-OrgID": "ml"})
+    assert target.rollout_timeout == 300.0
+    assert target.prometheus_headers == {"X-Scope-OrgID": "ml"}
+    assert target.engine("churn").settings.prometheus_headers == {"X-Scope-OrgID": "ml"}
+
+
+def _state() -> EndpointState:
+    state = EndpointState("churn", "ml").with_version(VersionSpec("v1"))
+    state = state.with_version(VersionSpec("v2"))
+    traffic = TrafficState(
+        {"v1": 75, "v2": 25},
+        headers=(HeaderRoute("v2", "x-canary", "yes"),),
+        mirror=Mirror("v2", 25.0),
+    )
+    return state.with_traffic(traffic)
+
+
+def test_same_routes_ignores_server_defaults_and_foreign_routes() -> None:
+    rendered = managed_routes(_state())
+    live = [{"name": "admin", "route": []}, *(dict(r) for r in rendered)]
+    live[-1] = {**live[-1], "mirrorPercentage": {"value": 25}, "corsPolicy": {"allowOrigins": []}}
+    assert same_routes(live, rendered)
+
+
+@pytest.mark.parametrize("change", ["weights", "header value", "new header", "mirror", "order"])
+def test_same_routes_sees_another_writers_change(change: str) -> None:
+    rendered = managed_routes(_state())
+    live = [dict(r) for r in managed_routes(_state())]
+    main, header = live[-1], live[0]
+    if change == "weights":
+        main["route"] = [{**d, "weight": 50} for d in main["route"]]
+    elif change == "header value":
+        header["match"] = [{"headers": {"x-canary": {"exact": "no"}}}]
+    elif change == "new header":
+        header["match"] = [{"headers": {"x-canary": {"exact": "yes"}, "x-user": {"exact": "a"}}}]
+    elif change == "mirror":
+        del main["mirror"]
+    else:
+        live.reverse()
+    assert not same_routes(live, rendered)
+    assert not same_routes(None, rendered)
+
+
+def test_only_the_newest_rollout_is_judged() -> None:
+    dep = {
+        "metadata": {
+            "name": "churn-v2",
+            "generation": 2,
+            "annotations": {"deployment.kubernetes.io/revision": "2"},
+        },
+        "spec": {"template": {"spec": {"containers": [{"name": "model", "image": "good"}]}}},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}],
+        },
+    }
+    assert deadline_exceeded(dep) == ""  # the condition is about generation 1
+
+    def rs(hash_: str, revision: int) -> dict[str, object]:
+        return {
+            "metadata": {
+                "name": f"churn-v2-{hash_}",
+                "labels": {"pod-template-hash": hash_},
+                "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                "ownerReferences": [{"kind": "Deployment", "name": "churn-v2"}],
+            }
+        }
+
+    def pod(hash_: str, image: str) -> dict[str, object]:
+        return {
+            "metadata": {"name": f"churn-v2-{hash_}-x", "labels": {"pod-template-hash": hash_}},
+            "spec": {"containers": [{"name": "model", "image": image}]},
+        }
+
+    pods = [pod("bbb", "broken"), pod("ggg", "good")]
+    rollout = current_rollout(dep, [rs("bbb", 1), rs("ggg", 2)], pods)
+    assert [p["metadata"]["name"] for p in rollout.pods] == ["churn-v2-ggg-x"]
+    assert rollout.names("churn-v2") == {"churn-v2", "churn-v2-ggg", "churn-v2-ggg-x"}
+    fallback = current_rollout(dep, [], pods)  # no ReplicaSets: the current image decides
+    assert [p["metadata"]["name"] for p in fallback.pods] == ["churn-v2-ggg-x"]
+
+
+def test_warning_events_match_exact_names_newest_first() -> None:
+    def event(name: str, reason: str, when: str) -> dict[str, object]:
+        return {"involvedObject": {"name": name}, "reason": reason, "lastTimestamp": when}
+
+    events = [
+        event("churn-v1-abc-x", "BackOff", "2024-01-01T00:00:02Z"),
+        event("churn-v1-abc-x", "Failed", "2024-01-01T00:00:01Z"),
+        event("churn-v10-abc-x", "Other", "2024-01-01T00:00:09Z"),
+    ]
+    assert latest_warning(events, {"churn-v1", "churn-v1-abc-x"}) == "BackOff:"
+    assert latest_warning(events, {"churn-v1"}) == ""
