@@ -8,7 +8,9 @@ Plan steps map onto the local mesh like this:
     apply Service          make sure the endpoint's Envoy runs
     apply DestinationRule  translate to clusters, write them, wait until Envoy runs them
     patch-routes           merge mlshift's routes into the stored VirtualService (foreign
-                           routes kept), translate, write, wait until Envoy accepted them
+                           routes kept), translate, write, wait until Envoy accepted them;
+                           if the stored managed routes are not the step's "previous" ones,
+                           ConflictError before any step of the plan runs
     delete ...             stop the process / drop the routes or clusters / stop Envoy
 
 Everything lives under ``<home>/endpoints/<name>/`` (see ``mlshift.local._files``). A new
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import shutil
@@ -31,19 +34,33 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from mlshift._engine import VersionStatus
-from mlshift._exceptions import DeployError, MlshiftError, NotReadyError, RoutingError
-from mlshift._render import merge_routes, render_virtual_service
+from mlshift._exceptions import (
+    ConflictError,
+    DeployError,
+    MlshiftError,
+    NotReadyError,
+    RoutingError,
+)
+from mlshift._render import is_managed_route, merge_routes, render_virtual_service
 from mlshift._state import EndpointState, TrafficState
 from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
 from mlshift.local._envoy import Router
 from mlshift.local._files import EndpointFiles, read_json, write_json
+from mlshift.local._predictions import (
+    PREDICTION_INTERVAL_S,
+    PredictionStore,
+    read_samples,
+    server_metrics,
+    window,
+)
 from mlshift.local._stats import Sampler, SampleStore, parse_prometheus, stats_filter
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mlshift._plan import Plan, Step
+    from mlshift.metrics._predictions import PredictionStats
 
 __all__ = ["LocalEngine"]
 
@@ -87,7 +104,9 @@ class LocalEngine:
         self._envoy = envoy
         self._router: Router | None = None
         self.samples = SampleStore(self.root / "metrics.jsonl")
-        self._sampler = Sampler(self.sample, interval_s=1.0)
+        self.prediction_samples = PredictionStore(self.root / "predictions.jsonl")
+        self._predictions_due = 0.0
+        self._sampler = Sampler(self._tick, interval_s=1.0)
         self._http = httpx.Client(timeout=1.0, trust_env=False)
         if procs.alive(procs.read_record(self.root / "envoy" / "envoy.json")):
             self._sampler.start()  # reattached to a running mesh
@@ -148,6 +167,11 @@ class LocalEngine:
             LocalModeError: Envoy cannot run here, or the router port is taken.
         """
         with self._locked():
+            # Under the lock, before any step: a plan computed from routes another process
+            # has changed since must not overwrite that change (the caller re-reads).
+            for step in plan.steps:
+                if step.action == "patch-routes" and step.obj is not None:
+                    self._check_previous_routes(step.obj.get("previous"))
             deleting = any(s.action == "delete" and s.kind == "Service" for s in plan.steps)
             started: list[str] = []
             replaced: dict[str, procs.ProcessRecord] = {}
@@ -242,19 +266,23 @@ class LocalEngine:
 
     def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
         """Return each running version's ``/metrics`` text (its cumulative counters)."""
-        out: dict[str, str] = {}
-        for version in state.version_names:
-            record = self.files.record(version)
-            if not procs.alive(record) or record is None:
-                continue
-            try:
-                response = self._http.get(f"http://127.0.0.1:{record.port}/metrics")
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                log.warning("cannot read /metrics of %s/%s: %s", self.name, version, exc)
-                continue
-            out[version] = response.text
-        return out
+        texts = server_metrics(self._http, self.files, state.version_names)
+        return {v: text for v, (_, text) in texts.items()}
+
+    def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
+        """Return each version's predictions over the last ``since`` seconds.
+
+        Diffs the servers' counters as sampled every few seconds (and once now); a version
+        with no sample from before the window counts since its process started.
+
+        Example:
+            >>> engine.predictions(state, since=120.0)  # doctest: +SKIP
+            [PredictionStats(version='v1', classes={'no': 81.0, 'yes': 19.0}, ...)]
+        """
+        self.sample_predictions()
+        samples = self.prediction_samples.read()
+        found = {s.version: s for s in window(samples, now=time.time(), since=since)}
+        return [found[v] for v in state.version_names if v in found]
 
     # -- extras -------------------------------------------------------------------------------
 
@@ -271,6 +299,22 @@ class LocalEngine:
         clusters = {xds.cluster_name(self.name, v): v for v in versions}
         text = self.router.get("/stats/prometheus", filter=stats_filter(clusters)).text
         self.samples.append(parse_prometheus(text, clusters, timestamp=time.time()))
+
+    def sample_predictions(self) -> None:
+        """Read every running version's prediction counters once and store them."""
+        versions = [p.stem for p in sorted(self.files.run_dir.glob("*.json"))]
+        texts = server_metrics(self._http, self.files, versions)
+        self.prediction_samples.append(read_samples(self.name, texts))
+
+    def _tick(self) -> None:
+        """The sampler's work: Envoy's stats every tick, predictions every few seconds."""
+        due = time.monotonic() >= self._predictions_due
+        try:
+            self.sample()
+        finally:
+            if due:
+                self._predictions_due = time.monotonic() + PREDICTION_INTERVAL_S
+                self.sample_predictions()
 
     def revive(self, state: EndpointState) -> list[str]:
         """Restart what is not running (Envoy, versions whose process is gone), e.g. after a
@@ -424,6 +468,22 @@ class LocalEngine:
         self.router.ensure_running()
         self._sampler.start()
         self.router.write_clusters(clusters)
+
+    def _check_previous_routes(self, previous: list[dict[str, Any]] | None) -> None:
+        """Raise ConflictError when the stored managed routes are not ``previous``."""
+        if previous is None:
+            return
+        stored = self.files.stored("VirtualService")
+        live = [
+            r for r in ((stored or {}).get("spec") or {}).get("http") or () if is_managed_route(r)
+        ]
+        # Compared as JSON, the way they are stored (tuples become lists and so on).
+        if json.loads(json.dumps(previous)) != live:
+            raise ConflictError(
+                f"the traffic routes of {self.name!r} changed since they were read (another "
+                "process or notebook changed them); re-read the endpoint and try again. "
+                "Nothing was changed"
+            )
 
     def _patch_routes(self, patch: dict[str, Any], plan: Plan) -> None:
         stored = self.files.stored("VirtualService")

@@ -29,7 +29,7 @@ from typing import Any
 
 from mlshift.metrics._frame import Snapshot
 
-__all__ = ["SampleStore", "Sampler", "parse_prometheus", "stats_filter"]
+__all__ = ["SampleStore", "Sampler", "append_line", "parse_prometheus", "stats_filter"]
 
 log = logging.getLogger("mlshift.local")
 
@@ -95,6 +95,27 @@ def parse_prometheus(text: str, clusters: Mapping[str, str], *, timestamp: float
     ]
 
 
+def append_line(path: Path, line: str, *, max_bytes: int) -> None:
+    """Append one line to ``path``; past ``max_bytes``, keep only the newer half of the lines.
+
+    Example:
+        >>> append_line(Path("/tmp/samples.jsonl"), '{"t": 0}', max_bytes=1 << 20)  # doctest: +SKIP
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One write() of one line to an O_APPEND file: lines of two processes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > max_bytes:
+            lines = path.read_text().splitlines(keepends=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text("".join(lines[len(lines) // 2 :]))
+            os.replace(tmp, path)
+
+
 class SampleStore:
     """Snapshots appended as JSON lines to ``path`` (several processes may append)."""
 
@@ -114,22 +135,7 @@ class SampleStore:
                 },
             }
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One write() of one line to an O_APPEND file: lines of two processes never interleave.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            if self.path.stat().st_size > _MAX_BYTES:
-                self._truncate()
-
-    def _truncate(self) -> None:
-        lines = self.path.read_text().splitlines(keepends=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(lines[len(lines) // 2 :]))
-        os.replace(tmp, self.path)
+        append_line(self.path, line, max_bytes=_MAX_BYTES)
 
     def read(self, *, since: float = 0.0) -> list[Snapshot]:
         """Return the snapshots taken at or after ``since`` (epoch seconds)."""

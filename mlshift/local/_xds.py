@@ -5,7 +5,9 @@ applies, so what a notebook sees locally is Istio's routing, not a simulation of
 
 - each DestinationRule subset becomes one Envoy cluster (``<host>_<subset>``) pointing at that
   version's ``model_server`` on loopback, with an active HTTP health check on
-  ``/v2/health/ready`` every half second, so a killed version is seen as down within a second;
+  ``/v2/health/ready`` every half second, so a killed version is seen as down within a second
+  (and a hung one within about three), and no panic threshold, so a version seen as down gets
+  a fast 503 instead of traffic;
 - each VirtualService HTTP route becomes one Envoy route per match block (a route with no match
   matches everything): header, URI and method matches, one cluster or ``weighted_clusters``,
   ``request_mirror_policies`` for the mirror, ``retry_policy`` and ``timeout``. Retries stay in
@@ -158,6 +160,10 @@ def clusters(
                         "http_health_check": {"path": HEALTH_PATH},
                     }
                 ],
+                # One host per cluster: under Envoy's default panic threshold (50 %) a failing
+                # host is routed to anyway, so a hung version would hold requests until the
+                # route timeout. At 0 a cluster with no healthy host answers 503 at once.
+                "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
                 # A local mesh gets bursts from one notebook; the defaults (1024) would turn a
                 # large `ep.send` into 503 overflows that no cluster would show.
                 "circuit_breakers": {

@@ -1,10 +1,13 @@
 """Local mesh lifecycle against a real Envoy and real model_server processes.
 
 Covers: a killed version shows as down in ``status()``, requests routed to it get a fast 503
-and shifting its weight away restores full success; ``delete`` leaves no process and no state;
+and shifting its weight away restores full success; so does a hung (SIGSTOPped) one once its
+health checks time out (no panic routing to the one failing host); ``delete`` leaves no
+process and no state;
 a version that cannot start raises ``NotReadyError`` with its log and leaves nothing running;
 a busy router port is a clear ``LocalModeError``; endpoints get their own router ports; stale
-process records are told from live processes; ``metrics``/``prediction_metrics`` shapes.
+process records are told from live processes; ``metrics``/``prediction_metrics`` shapes;
+``predictions(since=...)`` leaves out what was predicted before the window.
 """
 
 from __future__ import annotations
@@ -71,6 +74,49 @@ def test_killed_version_is_down_fast_503_and_shifting_away_recovers(
     versions, codes = hit(mesh.url, 300)
     assert codes == Counter({200: 300})
     assert versions == Counter({"v1": 300})
+
+
+def test_hung_version_gets_fast_503_once_its_checks_fail(
+    mesh_factory: MeshFactory, local_bundle: Path
+) -> None:
+    mesh = mesh_factory("churn")
+    mesh.deploy(local_bundle, "v1", "v2")
+    mesh.traffic({"v1": 50, "v2": 50})
+    assert mesh.state is not None
+    victim = mesh.engine.pids()["v2"]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        # Envoy's checks (1 s timeout, 2 failures) take about three seconds to see it.
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            status = mesh.engine.status(mesh.state)
+            if not status["v2"].ready and mesh.engine.router.host_health()["churn_v2"] is False:
+                break
+            time.sleep(0.1)
+        assert not status["v2"].ready
+        assert status["v1"].ready
+        assert mesh.engine.router.host_health()["churn_v2"] is False
+        outcomes: Counter[int | str] = Counter()
+        slowest = 0.0
+        with httpx.Client(base_url=mesh.url, timeout=3.0, trust_env=False) as client:
+            for _ in range(100):
+                started = time.perf_counter()
+                try:
+                    code: int | str = client.get("/v2/health/live").status_code
+                except httpx.TimeoutException:
+                    code = "timeout"  # routed to the hung server (panic mode)
+                outcomes[code] += 1
+                if code != 200:
+                    slowest = max(slowest, time.perf_counter() - started)
+        assert set(outcomes) == {200, 503}, outcomes
+        assert outcomes[503] > 20 and outcomes[200] > 20
+        assert slowest < 0.25, f"a request to the hung version took {slowest:.3f} s"
+        mesh.traffic({"v1": 100, "v2": 0})
+        versions, codes = hit(mesh.url, 300)
+        assert codes == Counter({200: 300})
+        assert versions == Counter({"v1": 300})
+    finally:
+        os.kill(victim, signal.SIGCONT)  # so that teardown can stop it
 
 
 def test_delete_leaves_no_process_and_no_state(
@@ -160,6 +206,33 @@ def test_metrics_frame_and_prediction_metrics(
     texts = mesh.engine.prediction_metrics(mesh.state, since=60.0)
     assert set(texts) == {"v1"}
     assert "# TYPE" in texts["v1"]
+
+
+def test_predictions_before_the_window_are_left_out(
+    mesh_factory: MeshFactory, local_bundle: Path
+) -> None:
+    mesh = mesh_factory("churn")
+    mesh.deploy(local_bundle, "v1")
+    assert mesh.state is not None
+
+    def predict(n: int) -> None:
+        with httpx.Client(base_url=mesh.url, timeout=5.0, trust_env=False) as client:
+            for _ in range(n):
+                r = client.post("/v1/models/churn:predict", json={"instances": [[1.0, 2.0]]})
+                assert r.status_code == 200
+
+    predict(30)
+    mesh.engine.sample_predictions()
+    time.sleep(1.0)
+    mark = time.time()
+    predict(7)
+    # The window starts 0.3 s before the second batch, after the sample that saw the first.
+    (recent,) = mesh.engine.predictions(mesh.state, since=time.time() - mark + 0.3)
+    assert (recent.version, recent.count) == ("v1", 7.0)
+    # No sample is ten minutes old: counted since the process started.
+    (everything,) = mesh.engine.predictions(mesh.state, since=600.0)
+    assert everything.count == 37.0
+    assert mesh.engine.prediction_samples.path.stat().st_size < 100_000
 
 
 def test_envoy_binary_setting_must_be_an_executable(

@@ -2,26 +2,32 @@
 
 Covers: the observed split at 90/10, 50/50 and 60/30/10 (within 3 points over thousands of
 requests), header rules beating weights, five shifts under continuous traffic without a single
-non-2xx, invalid routes refused with routing and stored state unchanged, reattaching from a
-second Python process, and per-version metrics read from Envoy's stats.
+non-2xx, invalid routes refused with routing and stored state unchanged, a plan computed from
+routes another engine changed since refused (``ConflictError``) and two engines changing the
+traffic at once keeping both changes, reattaching from a second Python process, and
+per-version metrics read from Envoy's stats.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from mlshift._exceptions import RoutingError
+from mlshift._exceptions import ConflictError, RoutingError
 from mlshift._plan import Plan, Step, plan_change
 from mlshift._render import managed_routes
 from mlshift._state import HeaderRoute, Mirror, TrafficState, VersionSpec
+from mlshift.local import LocalEngine
 from tests.fixtures.local import Mesh, hit, replace_weights
 
 pytestmark = pytest.mark.slow
@@ -97,6 +103,74 @@ def test_routes_to_unknown_version_refused(mesh3: Mesh) -> None:
     with pytest.raises(RoutingError, match="'v9'"):
         mesh3.engine.execute(routes_only)
     _assert_unchanged(mesh3)
+
+
+def test_plan_from_routes_changed_since_is_a_conflict(mesh3: Mesh) -> None:
+    mesh3.traffic({"v1": 100, "v2": 0, "v3": 0})
+    stale = mesh3.state
+    assert stale is not None
+    other = LocalEngine("churn", mesh3.target.home)  # another notebook on the same mesh
+    try:
+        loaded = other.load("churn")
+        assert loaded is not None
+        state, history = loaded
+        moved = replace_weights(state, {"v1": 50, "v2": 50, "v3": 0})
+        other.execute(plan_change(state, moved, history=(*history, state.traffic)))
+        late = replace_weights(stale, {"v1": 0, "v2": 0, "v3": 100})
+        with pytest.raises(ConflictError, match="changed since they were read.*try again"):
+            mesh3.engine.execute(plan_change(stale, late))
+        after = mesh3.engine.load("churn")
+        assert after is not None and after[0] == moved
+        seen, codes = hit(mesh3.url, 1000)
+        assert codes == Counter({200: 1000})
+        assert set(seen) == {"v1", "v2"} and seen["v1"] > 400 and seen["v2"] > 400
+    finally:
+        other.close()
+    mesh3.state, mesh3.history = after
+    mesh3.traffic({"v1": 100, "v2": 0, "v3": 0})  # re-read: now it goes through
+    assert hit(mesh3.url, 50)[0] == Counter({"v1": 50})
+
+
+def test_two_engines_changing_traffic_at_once_keep_both_changes(mesh3: Mesh) -> None:
+    mesh3.traffic({"v1": 100, "v2": 0, "v3": 0})
+    rule = HeaderRoute(version="v3", header="x-canary", value="yes")
+    engines = [LocalEngine("churn", mesh3.target.home) for _ in range(2)]
+    start = threading.Barrier(2)
+
+    def change(engine: LocalEngine, edit: Callable[[TrafficState], TrafficState]) -> None:
+        start.wait()
+        for _ in range(10):  # what the facade does: re-read and recompute, a bounded number
+            loaded = engine.load("churn")
+            assert loaded is not None
+            state, history = loaded
+            new = state.with_traffic(edit(state.traffic))
+            try:
+                engine.execute(plan_change(state, new, history=(*history, state.traffic)))
+                return
+            except ConflictError:
+                continue
+        raise AssertionError("ten conflicts in a row")
+
+    edits: list[Callable[[TrafficState], TrafficState]] = [
+        lambda t: dataclasses.replace(t, weights={"v1": 20, "v2": 80, "v3": 0}),
+        lambda t: dataclasses.replace(t, headers=(*t.headers, rule)),
+    ]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for future in [pool.submit(change, e, f) for e, f in zip(engines, edits, strict=True)]:
+                future.result(timeout=60)
+    finally:
+        for engine in engines:
+            engine.close()
+    loaded = mesh3.engine.load("churn")
+    assert loaded is not None
+    state, history = loaded
+    assert dict(state.traffic.weights) == {"v1": 20, "v2": 80, "v3": 0}
+    assert state.traffic.headers == (rule,)
+    assert hit(mesh3.url, 50, headers={"x-canary": "yes"})[0] == Counter({"v3": 50})
+    assert set(hit(mesh3.url, 200)[0]) == {"v1", "v2"}
+    mesh3.state, mesh3.history = state, history
+    mesh3.traffic({"v1": 100, "v2": 0, "v3": 0})
 
 
 def test_five_shifts_under_traffic_lose_no_request(mesh3: Mesh) -> None:

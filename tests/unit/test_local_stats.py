@@ -1,17 +1,22 @@
-"""Envoy stats -> per-version snapshots (mlshift.local._stats.parse_prometheus), pure.
+"""Envoy stats -> per-version snapshots (mlshift.local._stats), prediction windows
+(mlshift.local._predictions), pure but for files in a temp dir.
 
 Covers: response classes summed into requests, 5xx into errors, the upstream_rq_time buckets
 (with +Inf) per version, versions without any line yet, other clusters ignored, and the
-admin filter regex.
+admin filter regex; prediction samples diffed over a window (baseline: newest sample of the
+same process at or before the start; none: counters since start), versions idle in the window
+left out, the prediction store's round trip and its bounded size.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
-from mlshift.local._stats import parse_prometheus, stats_filter
-from mlshift.metrics import frame_from_snapshots
+from mlshift.local._predictions import PredictionSample, PredictionStore, window
+from mlshift.local._stats import append_line, parse_prometheus, stats_filter
+from mlshift.metrics import PredictionStats, frame_from_snapshots
 
 TEXT = """\
 # TYPE envoy_cluster_upstream_rq_xx counter
@@ -53,3 +58,67 @@ def test_filter_selects_only_the_needed_stats() -> None:
     assert not pattern.match("cluster.churn_v1.upstream_rq_503")
     assert not pattern.match("cluster.churn_v10.upstream_rq_2xx")
     assert not pattern.match("cluster.other_v1.upstream_rq_2xx")
+
+
+def _sample(t: float, version: str, yes: float, *, pid: int = 7) -> PredictionSample:
+    return PredictionSample(t, pid, PredictionStats(version, {"yes": yes, "no": 2 * yes}))
+
+
+def test_window_diffs_against_the_newest_sample_before_its_start() -> None:
+    samples = [_sample(0.0, "v1", 10), _sample(50.0, "v1", 40), _sample(70.0, "v1", 45)]
+    samples += [_sample(100.0, "v1", 100)]
+    (v1,) = window(samples, now=100.0, since=40.0)  # start 60: the sample at 50 is the base
+    assert v1.classes == {"yes": 60.0, "no": 120.0}
+    (v1,) = window(samples, now=100.0, since=50.0)  # start 50: a sample exactly at it counts
+    assert v1.classes == {"yes": 60.0, "no": 120.0}
+    (v1,) = window(samples, now=100.0, since=95.0)
+    assert v1.classes == {"yes": 90.0, "no": 180.0}
+
+
+def test_window_without_an_old_enough_sample_counts_since_start() -> None:
+    samples = [_sample(80.0, "v1", 3), _sample(100.0, "v1", 5)]
+    (v1,) = window(samples, now=100.0, since=60.0)
+    assert v1.count == 15.0
+
+
+def test_window_ignores_samples_of_a_replaced_process_and_idle_versions() -> None:
+    samples = [
+        _sample(0.0, "v1", 1, pid=1),  # the process before a model change
+        _sample(90.0, "v1", 4, pid=2),
+        _sample(0.0, "v2", 9),
+        _sample(10.0, "v2", 9),  # v2 stopped long before the window
+    ]
+    assert window(samples, now=100.0, since=30.0) == [
+        PredictionStats("v1", {"yes": 4.0, "no": 8.0})
+    ]
+
+
+def test_window_with_regressor_buckets() -> None:
+    inf = math.inf
+    old = PredictionSample(0.0, 7, PredictionStats("v1", buckets=((1.0, 2), (inf, 5)), value_sum=6))
+    new = PredictionSample(9.0, 7, PredictionStats("v1", buckets=((1.0, 3), (inf, 9)), value_sum=9))
+    (v1,) = window([new, old], now=10.0, since=5.0)
+    assert v1.buckets == ((1.0, 1.0), (inf, 4.0))
+    assert (v1.count, v1.value_sum) == (4.0, 3.0)
+
+
+def test_prediction_store_round_trip(tmp_path: Path) -> None:
+    store = PredictionStore(tmp_path / "predictions.jsonl")
+    inf = math.inf
+    regressor = PredictionStats("v2", buckets=((0.5, 1.0), (inf, 3.0)), value_sum=2.5)
+    store.append([_sample(1.0, "v1", 3), PredictionSample(1.0, 8, regressor)])
+    store.append([])
+    with open(store.path, "a") as fh:
+        fh.write('[{"t": 2.0, "p": 7, "v": "v1"')  # a line cut short by a crash
+    assert store.read() == [_sample(1.0, "v1", 3), PredictionSample(1.0, 8, regressor)]
+    assert "Infinity" not in store.path.read_text()
+
+
+def test_appended_lines_stay_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "samples.jsonl"
+    for i in range(1000):
+        append_line(path, f'{{"i": {i:04d}}}', max_bytes=2000)
+    lines = path.read_text().splitlines()
+    assert path.stat().st_size <= 2000
+    assert lines[-1] == '{"i": 0999}'
+    assert len(lines) > 50

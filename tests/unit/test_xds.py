@@ -43,6 +43,9 @@ def test_one_health_checked_loopback_cluster_per_subset() -> None:
     (check,) = v2["health_checks"]
     assert check["http_health_check"] == {"path": "/v2/health/ready"}
     assert check["interval"] == check["no_traffic_interval"] == "0.5s"
+    # One host per cluster: with Envoy's default 50 % panic threshold a failing host would
+    # still get traffic.
+    assert v2["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0}}
 
 
 def test_subset_without_a_server_is_refused() -> None:
