@@ -9,6 +9,7 @@ Run on a quiet machine: other load inflates latencies (the ratios hold up better
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,21 @@ def assemble() -> str:
     for name in BENCHMARKS:
         result = HERE / "results" / f"{name}.md"
         if result.exists():
-            parts.append(result.read_text().replace("\n# ", "\n## ").replace("# ", "## ", 1))
+            # Each result file starts at "#": push its headings one level down.
+            parts.append(re.sub(r"^(#+) ", r"#\1 ", result.read_text(), flags=re.MULTILINE))
     return "\n".join(parts)
 
 
 def main(argv: list[str]) -> int:
-    """Run the named benchmarks (default all), then rewrite benchmarks/README.md."""
-    for name in argv or BENCHMARKS:
+    """Run the named benchmarks (default all), then rewrite benchmarks/README.md.
+
+    ``--assemble`` only rewrites the README from the existing result files.
+    """
+    if argv == ["--assemble"]:
+        argv, names = [], []
+    else:
+        names = argv or BENCHMARKS
+    for name in names:
         if name not in BENCHMARKS:
             sys.stderr.write(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}\n")
             return 2

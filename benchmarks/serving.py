@@ -87,8 +87,12 @@ def in_process(model: Any, X: np.ndarray[Any, Any], seconds: float) -> tuple[flo
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    """wrk's latency (``812.00us``, ``3.1ms``, ``1.2s``, ``1.5m``) in ms; NaN when it had none."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:  # e.g. "-nanus" when no request completed
+        return float("nan")
+    value, unit = match.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
 def wrk(
