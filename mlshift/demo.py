@@ -23,7 +23,7 @@ def _table(ep: object, run: object) -> str:
     import pandas as pd
 
     summary = run.summary()  # type: ignore[attr-defined]
-    metrics = ep.metrics(since="10s", step="2s")  # type: ignore[attr-defined]
+    metrics = ep.metrics(since="5s", step="1s")  # type: ignore[attr-defined]
     if not metrics.empty:
         latest = metrics.groupby("version")[["rps", "error_rate", "p50_ms", "p99_ms"]].mean()
         summary = summary.join(latest.add_prefix("envoy_"), how="left")
