@@ -346,7 +346,9 @@ class Endpoint:
         with tempfile.TemporaryDirectory(prefix="mlshift-bundle-") as tmp:
             bundle = as_bundle(model, version, sample=sample, dest=tmp)
             existing = old.version(version) if old else None
-            if old is not None and existing is not None:
+            # A version with no model on record (its Deployment was deleted by hand) is
+            # simply deployed again.
+            if old is not None and existing is not None and existing.model_sha256:
                 if existing.model_sha256 == bundle.sha256:
                     log.info("%s/%s is already deployed with this model", self.name, version)
                     if dry_run:

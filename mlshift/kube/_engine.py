@@ -40,6 +40,7 @@ from mlshift._render import (
 from mlshift._state import (
     EndpointState,
     TrafficState,
+    VersionSpec,
 )
 from mlshift.kube._api import (
     DEPLOYMENTS,
@@ -135,6 +136,9 @@ class KubernetesEngine:
 
         A version counts once its DestinationRule subset exists (a Deployment whose rollout
         failed is not part of the endpoint yet, so deploying it again retries the rollout).
+        A subset whose Deployment was deleted by hand stays, as a version with no image:
+        ``status()`` says so, and its traffic can be shifted away and the version removed
+        (or deployed again).
         """
         ns = self.settings.namespace
         deployments = self._deployments(ns, name)
@@ -142,7 +146,8 @@ class KubernetesEngine:
         vs = self._get_or_none(VIRTUAL_SERVICES, ns, name)
         subsets = [str(s.get("name")) for s in dig(dr, "spec", "subsets") or ()]
         versions = tuple(
-            version_from_deployment(deployments[v]) for v in subsets if v in deployments
+            version_from_deployment(deployments[v]) if v in deployments else VersionSpec(v)
+            for v in subsets
         )
         if not versions:
             return None
@@ -183,7 +188,10 @@ class KubernetesEngine:
             dep = deployments.get(spec.name)
             name = deployment_name(state.name, spec.name)
             if dep is None:
-                reason = f"Deployment {state.namespace}/{name} not found; deploy the version again"
+                reason = (
+                    f"Deployment {state.namespace}/{name} not found; deploy the version again,"
+                    f" or shift its traffic away and ep.remove({spec.name!r})"
+                )
                 out[spec.name] = VersionStatus(spec.name, False, weight, reason)
                 continue
             done, ready, want = rollout_progress(dep)

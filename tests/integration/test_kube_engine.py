@@ -653,3 +653,37 @@ def test_prometheus_token_and_headers_reach_prometheus() -> None:
     assert seen
     assert all(h.get("Authorization") == "Bearer s3cret" for h in seen)
     assert all(h.get("X-Scope-OrgID") == "ml-team" for h in seen)
+
+
+def test_a_deployment_deleted_by_hand_can_be_routed_away_and_removed(
+    kube_emulator: KubeEmulator, tmp_path: Any
+) -> None:
+    """Someone ran ``kubectl delete deployment churn-v1``: no endless conflicts, a clear way out."""
+    from mlshift._bundle import BundleInfo
+    from mlshift._endpoint import Endpoint
+    from mlshift.kube._api import DEPLOYMENTS
+
+    class Prebuilt(Kubernetes):
+        def prepare_version(
+            self, bundle: BundleInfo, endpoint: str, version: str, *, dry_run: bool = False
+        ) -> VersionSpec:
+            return dataclasses.replace(_spec(version), model_sha256=bundle.sha256)
+
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.9, 0.1]], [0, 1, 0, 1]
+    target = Prebuilt(**_kwargs(kube_emulator))
+    ep = Endpoint("churn", target)
+    ep.deploy(LogisticRegression().fit(X, y), "v1")
+    ep.deploy(LogisticRegression(C=0.5).fit(X, y), "v2")
+    ep.shift({"v1": 50, "v2": 50})
+    assert target.api.delete(DEPLOYMENTS, "ml", "churn-v1")
+
+    fresh = Endpoint("churn", Prebuilt(**_kwargs(kube_emulator)))
+    status = fresh.status()
+    assert not status.loc["v1", "ready"]
+    assert "churn-v1 not found" in status.loc["v1", "reason"]
+    fresh.promote("v2")
+    assert _weights(kube_emulator) == {"v1": 0, "v2": 100}
+    fresh.remove("v1")
+    assert _subsets(kube_emulator) == ["v2"]
