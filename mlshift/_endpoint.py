@@ -1,4 +1,4 @@
-"""The facade: ``Endpoint`` and ``Version``, the objects a notebook holds.
+"""The facade: ``Endpoint``, the object a notebook holds, and the verbs that change it.
 
 Every verb (``deploy``, ``shift``, ``promote``, ``rollback``, ``remove``, ``delete``) reads
 what the target has, builds the new desired state, validates it, and hands the ordered plan
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from mlshift._display import Version, YAMLText, version_table
 from mlshift._engine import VersionStatus
 from mlshift._exceptions import (
     APIError,
@@ -28,6 +28,7 @@ from mlshift._exceptions import (
     UnknownVersionError,
 )
 from mlshift._names import check_name
+from mlshift._observe import Observing
 from mlshift._plan import Plan, plan_change, plan_delete
 from mlshift._render import render
 from mlshift._state import EndpointState, HeaderRoute, Mirror, TrafficState
@@ -36,8 +37,6 @@ from mlshift._weights import rest_pro_rata, validate_weights
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlshift._canary import CanaryResult
-    from mlshift._client import TrafficRun
     from mlshift._engine import Engine, Target
 
 __all__ = ["Endpoint", "Version", "YAMLText"]
@@ -70,65 +69,7 @@ def _retry_on_conflict(verb: Callable[P, R]) -> Callable[P, R]:
     return retrying
 
 
-class YAMLText(str):
-    """A YAML string that a notebook shows as a highlighted block."""
-
-    __slots__ = ()
-
-    def _repr_markdown_(self) -> str:
-        return f"```yaml\n{self}```"
-
-
-@dataclasses.dataclass(frozen=True)
-class Version:
-    """One deployed version as last seen (cached; ``ep.status()`` asks the target)."""
-
-    name: str
-    weight: int
-    ready: bool | None
-    model_sha256: str
-    image: str | None = None
-    bundle: str | None = None
-    reason: str = ""
-
-    def __repr__(self) -> str:
-        ready = {True: "ready", False: "not ready", None: "unknown"}[self.ready]
-        return f"<Version {self.name} {self.weight}% {ready}>"
-
-    def _repr_html_(self) -> str:
-        return _table([self])
-
-
-def _table(versions: list[Version], title: str = "") -> str:
-    from mlshift._colors import version_color
-
-    names = [v.name for v in versions]
-    rows = []
-    for v in versions:
-        color = version_color(v.name, names)
-        bar = (
-            f'<div style="background:{color};height:0.8em;width:{v.weight}%;'
-            f'min-width:{1 if v.weight else 0}px"></div>'
-        )
-        ready = {True: "✅ ready", False: "❌ not ready", None: "?"}[v.ready]
-        if v.reason:
-            ready += f" ({html.escape(v.reason)})"
-        digest = v.image or (f"sha256:{v.model_sha256[:12]}" if v.model_sha256 else "")
-        rows.append(
-            f'<tr><td><b style="color:{color}">{html.escape(v.name)}</b></td>'
-            f'<td style="text-align:right">{v.weight}%</td>'
-            f'<td style="width:10em">{bar}</td><td>{ready}</td>'
-            f"<td><code>{html.escape(digest)}</code></td></tr>"
-        )
-    head = (
-        "<tr><th>version</th><th>weight</th><th></th><th>readiness</th><th>image / model</th></tr>"
-    )
-    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    body = "".join(rows) or '<tr><td colspan="5">no versions deployed</td></tr>'
-    return f"<table>{caption}{head}{body}</table>"
-
-
-class Endpoint:
+class Endpoint(Observing):
     """A model endpoint: its versions and how traffic is split between them.
 
     Example:
@@ -592,167 +533,6 @@ class Endpoint:
             self._state, self._history, self._status = None, (), {}
         return plan if dry_run else self
 
-    # -- traffic and metrics -----------------------------------------------------------------
-
-    def predict(self, data: Any, *, timeout: float = 30.0) -> pd.DataFrame:
-        """Send ``data`` through the router; the frame says which version answered.
-
-        Example:
-            >>> ep.predict(X_test[:3])  # doctest: +SKIP
-        """
-        from mlshift._client import predict
-
-        return predict(self.url, self.name, data, timeout=timeout)  # type: ignore[no-any-return]
-
-    def send(
-        self, data: Any, *, rps: float = 20, duration: str | float = "30s", concurrency: int = 16
-    ) -> TrafficRun:
-        """Send single rows of ``data`` at ``rps`` in the background for ``duration``.
-
-        Example:
-            >>> run = ep.send(X_test, rps=50, duration="30s")  # doctest: +SKIP
-        """
-        from mlshift._client import TrafficRun
-        from mlshift._durations import parse_duration
-
-        seconds = parse_duration(duration, what="duration")
-        return TrafficRun(
-            self.url, self.name, data, rps=rps, duration=seconds, concurrency=concurrency
-        )
-
-    def metrics(self, since: str | float = "5m", step: str | float = "10s") -> pd.DataFrame:
-        """Per-version request rate, errors and latency: one row per (time, version).
-
-        Columns: timestamp, version, requests, rps, errors, error_rate, p50_ms, p95_ms,
-        p99_ms, share. No traffic gives an empty frame (or NaN), never an error.
-
-        Example:
-            >>> ep.metrics(since="2m")  # doctest: +SKIP
-        """
-        from mlshift._durations import parse_duration
-
-        state = self._readable()
-        if state is None:
-            from mlshift.metrics import empty_frame
-
-            return empty_frame()
-        return self.engine.metrics(
-            state,
-            since=parse_duration(since, what="since"),
-            step=parse_duration(step, what="step"),
-        )
-
-    def predictions(self, since: str | float = "15m") -> pd.DataFrame:
-        """What each version predicts: class shares (or quantiles) and divergence from stable.
-
-        ``divergence`` compares each version with the one carrying the most traffic: total
-        variation distance for classifiers, PSI for regressors. Counts cover the last
-        ``since``: locally from samples of the servers' own ``/metrics``, on Kubernetes from
-        Prometheus (series labelled with the pod's ``namespace``, as Istio's Prometheus
-        scrape configuration does).
-
-        Example:
-            >>> ep.predictions(since="10m")  # doctest: +SKIP
-        """
-        from mlshift._durations import parse_duration
-        from mlshift.metrics import parse_exposition, predictions_frame, prometheus_predictions
-
-        seconds = parse_duration(since, what="since")
-        state = self._readable()
-        if state is None:
-            return predictions_frame([])
-        windowed = getattr(self.engine, "predictions", None)
-        prometheus_url = getattr(self.target, "prometheus_url", None)
-        if windowed is not None:  # the local engine keeps its own samples
-            stats = windowed(state, since=seconds)
-        elif prometheus_url:
-            stats = prometheus_predictions(
-                str(prometheus_url),
-                model=self.name,
-                since=seconds,
-                labels={"namespace": state.namespace},
-                token=getattr(self.target, "prometheus_token", None),
-                headers=getattr(self.target, "prometheus_headers", None),
-            )
-        else:
-            texts = self.engine.prediction_metrics(state, since=seconds)
-            stats = [s for text in texts.values() for s in parse_exposition(text, model=self.name)]
-        weights = state.traffic.weights
-        stable = max(weights, key=lambda v: weights[v]) if weights else None
-        return predictions_frame(stats, stable=stable)
-
-    def plot(
-        self, since: str | float = "5m", *, step: str | float = "10s", predictions: bool = False
-    ) -> Any:
-        """One matplotlib Figure: traffic share, error rate and p99 latency per version.
-
-        ``predictions=True`` adds a panel of what each version predicts.
-
-        Example:
-            >>> ep.plot(since="10m")  # doctest: +SKIP
-        """
-        from mlshift.plot import dashboard
-
-        frame = self.metrics(since=since, step=step)
-        preds = self.predictions(since=since) if predictions else None
-        return dashboard(frame, predictions=preds, title=f"{self.name} ({self.target.name})")
-
-    def slider(self, **options: Any) -> Any:
-        """An ipywidgets control that shifts traffic, with live per-version plots.
-
-        It does not display itself, so it composes; see ``mlshift._widgets.traffic_slider``
-        for the options. Example:
-            >>> ep.slider()  # doctest: +SKIP
-        """
-        from mlshift._widgets import traffic_slider
-
-        return traffic_slider(self, **options)
-
-    def canary(
-        self,
-        version: str,
-        *,
-        steps: tuple[int, ...] = (10, 25, 50, 100),
-        interval: str | float = "30s",
-        max_error_rate: float = 0.01,
-        max_p99_ms: float | None = None,
-        min_requests: int = 20,
-        threshold: int = 2,
-        max_inconclusive: int = 3,
-    ) -> CanaryResult:
-        """Step ``version``'s weight through ``steps`` while its metrics stay healthy.
-
-        After each step it waits ``interval`` and judges the canary's error rate (and p99
-        latency when ``max_p99_ms`` is set). ``threshold`` failed checks in a row send all
-        traffic back to the stable version; an interval with fewer than ``min_requests``
-        requests is inconclusive and is waited out (at most ``max_inconclusive`` times).
-        Promotion takes about ``interval`` x ``len(steps)``. Blocks until done.
-
-        Example:
-            >>> ep.canary("v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
-            <CanaryResult v2: promoted after 3 checks>
-        """
-        from mlshift._canary import Gate, run_canary
-        from mlshift._durations import parse_duration
-
-        state = self._existing(None, dry_run=False)
-        self._known(state, version)
-        if not steps or any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(steps):
-            raise ValueError(f"steps must be rising percentages within 1-100, got {steps!r}")
-        if len(state.versions) < 2:
-            raise MlshiftError(f"a canary needs a stable version besides {version!r}")
-        gate = Gate(max_error_rate, max_p99_ms, min_requests)
-        seconds = parse_duration(interval, what="interval")
-        return run_canary(
-            self,
-            version,
-            steps=steps,
-            interval=seconds,
-            gate=gate,
-            threshold=threshold,
-            max_inconclusive=max_inconclusive,
-        )
-
     # -- display -----------------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -763,7 +543,7 @@ class Endpoint:
     def _repr_html_(self) -> str:
         planned = ", dry run: planned, not applied" if self._shown()[1] else ""
         title = f"{self.name} ({self.target.name}{planned})"
-        return _table(list(self.versions.values()), title)
+        return version_table(list(self.versions.values()), title)
 
 
 def _same_split(traffic: TrafficState, state: EndpointState | None) -> bool:

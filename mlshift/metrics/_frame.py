@@ -9,7 +9,7 @@ in the local mesh) ends in the same tidy ``pandas.DataFrame``, one row per (time
     rps         requests per second
     errors      5xx responses in the interval
     error_rate  errors / requests, NaN when there were no requests
-    p50_ms, p95_ms, p99_ms   latency quantiles (ms) from histogram buckets, NaN without requests
+    p50_ms, p95_ms, p99_ms   latency quantiles (ms) from histogram buckets, NaN without observations
     share       this version's part of all requests in the interval (0-1), NaN when none
 
 "No data" is NaN, never 0, so a canary gate can call it inconclusive instead of healthy.
@@ -204,8 +204,11 @@ def _interval_row(prev: Snapshot, cur: Snapshot) -> dict[str, Any]:
         "errors": float(errors),
         "error_rate": errors / requests if requests > 0 else math.nan,
     }
+    # Quantiles follow the histogram's own observations, not the request counter: Envoy
+    # counts requests at once but merges histograms only at its stats flush, so under load
+    # an interval's latencies can arrive in the next interval (NaN when there are none).
     for column, q in _QUANTILES.items():
-        row[column] = histogram_quantile(q, buckets) if requests > 0 else math.nan
+        row[column] = histogram_quantile(q, buckets)
     return row
 
 

@@ -122,7 +122,10 @@ def test_canary_rolls_back_a_failing_version(ep: mlshift.Endpoint, data: tuple[A
     run.stop()
     assert result.outcome.startswith("rolled back to v1: error rate"), result.to_frame()
     assert ep.weights == {"v1": 100, "v2": 0, "v3": 0}
-    assert list(result.to_frame()["verdict"]) == ["fail", "fail"]
+    verdicts = list(result.to_frame()["verdict"])
+    # On a loaded machine the first interval may hold too few requests (inconclusive).
+    assert verdicts[-2:] == ["fail", "fail"], verdicts
+    assert "pass" not in verdicts
 
 
 def test_a_dead_version_is_refused_traffic_until_revived(

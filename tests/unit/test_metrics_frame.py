@@ -258,3 +258,17 @@ def test_normalize_frame_fills_missing_columns_and_sorts() -> None:
     assert df.error_rate.isna().all()
     assert df.dtypes.equals(empty_frame().dtypes)
     assert normalize_frame([]).dtypes.equals(empty_frame().dtypes)
+
+
+def test_latencies_that_arrive_an_interval_late_are_still_shown() -> None:
+    """Envoy counts a request at once but merges its latency at the next stats flush."""
+    inf = math.inf
+    snaps = [
+        Snapshot(0.0, "v1", requests=0, errors=0, buckets=((5.0, 0), (inf, 0))),
+        Snapshot(1.0, "v1", requests=10, errors=0, buckets=((5.0, 0), (inf, 0))),
+        Snapshot(2.0, "v1", requests=10, errors=0, buckets=((5.0, 10), (inf, 10))),
+    ]
+    frame = frame_from_snapshots(snaps)
+    assert list(frame["requests"]) == [10.0, 0.0]
+    assert math.isnan(frame["p50_ms"].iloc[0])
+    assert frame["p50_ms"].iloc[1] == pytest.approx(2.5)
