@@ -325,12 +325,19 @@ class LocalEngine:
             ['v1', 'v2']
         """
         with self._locked():
+            # The router first: it takes its own port back before new version processes pick
+            # free ports (one of them could otherwise get the port Envoy used to hold).
+            self.router.ensure_running()
             restarted: list[str] = []
             for spec in state.versions:
                 if procs.alive(self.files.record(spec.name)) or not spec.bundle:
                     continue
                 record = procs.start_model_server(
-                    spec.bundle, name=self.name, version=spec.name, run_dir=self.files.run_dir
+                    spec.bundle,
+                    name=self.name,
+                    version=spec.name,
+                    run_dir=self.files.run_dir,
+                    avoid_ports=(self.router.port,),
                 )
                 extra = {**(record.extra or {}), "sha256": spec.model_sha256}
                 procs.ProcessRecord(
@@ -339,7 +346,6 @@ class LocalEngine:
                 restarted.append(spec.name)
             for version in restarted:
                 self._wait_ready(version, {})
-            self.router.ensure_running()
             self._sampler.start()
             rule = self.files.stored("DestinationRule")
             if rule is not None:
@@ -423,7 +429,11 @@ class LocalEngine:
                 return
             replaced[version] = current  # swapped out once the new process is ready
         record = procs.start_model_server(
-            spec.bundle, name=self.name, version=version, run_dir=self.files.run_dir
+            spec.bundle,
+            name=self.name,
+            version=version,
+            run_dir=self.files.run_dir,
+            avoid_ports=(self.router.port,),
         )
         record = procs.ProcessRecord(
             record.pid,

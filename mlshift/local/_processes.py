@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,11 +122,17 @@ def exit_reason(record: ProcessRecord) -> str:
     return f"process {record.pid} is gone (stale record)"
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(avoid: Collection[int] = ()) -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now and not in ``avoid``.
+
+    ``avoid`` holds ports that are spoken for but maybe not bound yet (a router's).
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def port_in_use(port: int) -> bool:
@@ -194,15 +200,16 @@ def start_model_server(
     version: str,
     run_dir: Path,
     grace_period_s: float = 5.0,
+    avoid_ports: Collection[int] = (),
 ) -> ProcessRecord:
-    """Start ``model_server`` for one version on a free loopback port.
+    """Start ``model_server`` for one version on a free loopback port (not in ``avoid_ports``).
 
     The record goes to ``run_dir/<version>.json`` and the output to ``run_dir/<version>.log``.
 
     Example:
         >>> start_model_server("b/v1", name="churn", version="v1", run_dir=run)  # doctest: +SKIP
     """
-    port = free_port()
+    port = free_port(avoid_ports)
     cmd = [
         sys.executable,
         "-m",
