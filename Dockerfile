@@ -11,7 +11,7 @@ FROM python:3.11-slim
 
 ARG VERSION=0.1.0
 # Pinned, so the label below says exactly what is installed.
-ARG PACKAGES="numpy==2.4.6 pandas==3.1.1 orjson==3.13.0 uvicorn==0.54.0 httptools==0.9.0 uvloop==0.23.0 prometheus-client==0.26.0 cloudpickle==3.1.3 skops==0.16.0 scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0"
+ARG PACKAGES="numpy==2.4.6 pandas==3.1.1 orjson==3.13.0 uvicorn==0.54.0 httptools==0.9.0 uvloop==0.23.0 prometheus-client==0.26.0 packaging==26.4 cloudpickle==3.1.3 skops==0.16.0 scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0"
 
 LABEL org.opencontainers.image.title="mlshift-model-server" \
       org.opencontainers.image.description="Serves an mlshift model bundle over OIP v2 and KServe v1 with /metrics" \

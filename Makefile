@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   the quickstart on the local target (no cluster, no Docker)
-#   make test   ruff, mypy strict and every test (fast set: make test-fast)
+#   make test   ruff, the import layers (lint-imports), mypy strict and every test
+#               (fast set: make test-fast)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,6 +21,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mlshift model_server tests benchmarks
 	$(BIN)/ruff format --check mlshift model_server tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

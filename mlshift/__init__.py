@@ -11,12 +11,13 @@ Heavy pieces (Envoy, kubernetes, matplotlib, ipywidgets) load on first use, so i
 mlshift stays fast.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from mlshift._api import current, deploy, endpoint
-from mlshift._endpoint import Endpoint, Version
+from mlshift._display import Version
+from mlshift._endpoint import Endpoint
+from mlshift._engine import VersionStatus
 from mlshift._exceptions import (
     APIConflictError,
     APIError,
@@ -27,6 +28,8 @@ from mlshift._exceptions import (
     ConflictError,
     DeployError,
     DigestMismatchError,
+    InvalidArgumentError,
+    InvalidDataError,
     InvalidNameError,
     InvalidWeightsError,
     LocalModeError,
@@ -36,10 +39,16 @@ from mlshift._exceptions import (
     RegistryAuthError,
     RoutingError,
     UnknownVersionError,
+    UnsupportedError,
 )
+from mlshift._plan import Plan
 
-if TYPE_CHECKING:
-    from mlshift._bundle import BundleInfo, bundle
+if _TYPE_CHECKING:
+    from mlshift import image, kube, local, metrics, plot
+    from mlshift._bundle import bundle
+    from mlshift._bundle_info import BundleInfo
+    from mlshift._canary import CanaryResult
+    from mlshift._client import TrafficRun
     from mlshift.image import build_image
     from mlshift.kube import Kubernetes, rbac
     from mlshift.local import Local
@@ -53,11 +62,14 @@ __all__ = [
     "BuildError",
     "BundleError",
     "BundleInfo",
+    "CanaryResult",
     "ConfigError",
     "ConflictError",
     "DeployError",
     "DigestMismatchError",
     "Endpoint",
+    "InvalidArgumentError",
+    "InvalidDataError",
     "InvalidNameError",
     "InvalidWeightsError",
     "Kubernetes",
@@ -66,21 +78,32 @@ __all__ = [
     "MetricsUnavailableError",
     "MlshiftError",
     "NotReadyError",
+    "Plan",
     "RegistryAuthError",
     "RoutingError",
+    "TrafficRun",
     "UnknownVersionError",
+    "UnsupportedError",
     "Version",
+    "VersionStatus",
     "build_image",
     "bundle",
     "current",
     "deploy",
     "endpoint",
+    "image",
+    "kube",
+    "local",
+    "metrics",
+    "plot",
     "rbac",
 ]
 
 # Names loaded on first use, so `import mlshift` does not pay for Envoy, kubernetes or skops.
 _LAZY = {
-    "BundleInfo": "mlshift._bundle",
+    "BundleInfo": "mlshift._bundle_info",
+    "CanaryResult": "mlshift._canary",
+    "TrafficRun": "mlshift._client",
     "bundle": "mlshift._bundle",
     "build_image": "mlshift.image",
     "Kubernetes": "mlshift.kube",
@@ -93,7 +116,7 @@ _LAZY = {
 _SUBMODULES = ("image", "kube", "local", "metrics", "plot")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     import importlib
 
     if name in _SUBMODULES:
@@ -107,4 +130,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, *_SUBMODULES])
+    # The public names are exactly __all__, whatever submodules happen to be imported.
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from mlshift._endpoint import Endpoint
 from mlshift._exceptions import MlshiftError
 
 if TYPE_CHECKING:
+    from mlshift._display import Version
     from mlshift._engine import Target
     from mlshift._plan import Plan
 
@@ -37,7 +38,13 @@ def endpoint(name: str, target: Target | None = None) -> Endpoint:
 
 
 def current() -> Endpoint:
-    """Return the endpoint the last ``mlshift.endpoint()`` call made current."""
+    """Return the endpoint the last ``mlshift.endpoint()`` call made current.
+
+    Example:
+        >>> mlshift.endpoint("churn")  # doctest: +SKIP
+        >>> mlshift.current().name  # doctest: +SKIP
+        'churn'
+    """
     with _lock:
         ep = _registry.get("current")
     if ep is None:
@@ -48,12 +55,35 @@ def current() -> Endpoint:
     return ep
 
 
-def deploy(model: Any, version: str, **options: Any) -> Any:
+@overload
+def deploy(
+    model: Any,
+    version: str,
+    *,
+    sample: Any = ...,
+    replicas: int = ...,
+    dry_run: Literal[False] = ...,
+) -> Version: ...
+@overload
+def deploy(
+    model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: Literal[True]
+) -> Plan: ...
+@overload
+def deploy(
+    model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: bool
+) -> Version | Plan: ...
+def deploy(
+    model: Any,
+    version: str,
+    *,
+    sample: Any = None,
+    replicas: int = 1,
+    dry_run: bool = False,
+) -> Version | Plan:
     """Deploy ``model`` as ``version`` on the current endpoint (see ``Endpoint.deploy``).
 
     Example:
         >>> mlshift.endpoint("churn")  # doctest: +SKIP
         >>> mlshift.deploy(model_v2, "v2")  # doctest: +SKIP
     """
-    result: Plan | Any = current().deploy(model, version, **options)
-    return result
+    return current().deploy(model, version, sample=sample, replicas=replicas, dry_run=dry_run)

@@ -18,11 +18,11 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlshift._bundle_info import BundleInfo
 from mlshift._exceptions import BundleError, DigestMismatchError
 from mlshift._names import check_name
 from model_server._bundle import (
@@ -39,37 +39,6 @@ __all__ = ["BundleInfo", "as_bundle", "bundle", "read_bundle", "write_bundle"]
 log = logging.getLogger("mlshift.bundle")
 
 DEFAULT_ROOT = Path(".mlshift") / "bundles"
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """What a bundle directory holds, as written or as read back and verified.
-
-    Attributes:
-        path: The bundle directory.
-        sha256: Hex sha256 of the model file.
-        flavor: ``sklearn``, ``xgboost``, ``lightgbm`` or ``pyfunc``.
-        serializer: ``skops`` or ``cloudpickle``.
-        requirements: Pip distribution name -> exact version the model needs.
-        manifest: The full ``mlshift.json``.
-    """
-
-    path: Path
-    sha256: str
-    flavor: str
-    serializer: str
-    requirements: dict[str, str] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def version(self) -> str:
-        """The version label recorded in the manifest."""
-        return str(self.manifest.get("version", ""))
-
-    @property
-    def name(self) -> str:
-        """The model name recorded in the manifest, or ``"model"``."""
-        return str(self.manifest.get("name") or "model")
 
 
 # ---------------------------------------------------------------- detection

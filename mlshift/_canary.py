@@ -16,12 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from mlshift._durations import parse_duration
+from mlshift._exceptions import InvalidArgumentError, MlshiftError, UnknownVersionError
+
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlshift._endpoint import Endpoint
+    from mlshift._view import EndpointView
 
-__all__ = ["CanaryResult", "Gate", "Verdict", "judge", "run_canary"]
+__all__ = ["CanaryResult", "Gate", "Verdict", "canary", "judge", "run_canary"]
 
 log = logging.getLogger("mlshift.canary")
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -68,7 +71,12 @@ def judge(frame: pd.DataFrame, version: str, gate: Gate) -> tuple[Verdict, str]:
 
 @dataclass
 class CanaryResult:
-    """What a canary run did: ``promoted`` or ``rolled back``, and every check on the way."""
+    """What a canary run did: ``promoted`` or ``rolled back``, and every check on the way.
+
+    Example:
+        >>> result = ep.canary("v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
+        >>> result.outcome, result.to_frame()  # doctest: +SKIP
+    """
 
     version: str
     outcome: str = "running"
@@ -84,8 +92,49 @@ class CanaryResult:
         return pd.DataFrame(self.checks, columns=["time", "weight", "verdict", "reason"])
 
 
+def canary(
+    ep: EndpointView,
+    version: str,
+    *,
+    steps: tuple[int, ...] = (10, 25, 50, 100),
+    interval: str | float = "30s",
+    max_error_rate: float = 0.01,
+    max_p99_ms: float | None = None,
+    min_requests: int = 20,
+    threshold: int = 2,
+    max_inconclusive: int = 3,
+) -> CanaryResult:
+    """Check the options, then step ``version`` of ``ep`` through ``steps`` (``ep.canary``).
+
+    Example:
+        >>> canary(ep, "v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
+        <CanaryResult v2: promoted after 3 checks>
+    """
+    ep.status()  # the live versions and weights, not a stale cache
+    names = list(ep.versions)
+    if version not in names:
+        raise UnknownVersionError(
+            f"endpoint {ep.name!r} has no version {version!r}; it has {', '.join(names) or 'none'}"
+        )
+    if not steps or any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(steps):
+        raise InvalidArgumentError(
+            f"steps must be rising percentages within 1-100, got {steps!r}; e.g. (10, 50, 100)"
+        )
+    if len(names) < 2:
+        raise MlshiftError(f"a canary needs a stable version besides {version!r}")
+    return run_canary(
+        ep,
+        version,
+        steps=steps,
+        interval=parse_duration(interval, what="interval"),
+        gate=Gate(max_error_rate, max_p99_ms, min_requests),
+        threshold=threshold,
+        max_inconclusive=max_inconclusive,
+    )
+
+
 def run_canary(
-    ep: Endpoint,
+    ep: EndpointView,
     version: str,
     *,
     steps: Sequence[int],

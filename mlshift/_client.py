@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from mlshift._exceptions import MlshiftError
+from mlshift._exceptions import InvalidArgumentError, InvalidDataError, MlshiftError
 
 __all__ = ["TrafficRun", "encode_rows", "predict"]
 
@@ -32,13 +32,27 @@ def encode_rows(data: Any) -> list[bytes]:
     if isinstance(data, pd.DataFrame):
         cols = [str(c) for c in data.columns]
         return [
-            orjson.dumps({"dataframe_split": {"columns": cols, "data": [row]}}, default=_default)
+            _dumps({"dataframe_split": {"columns": cols, "data": [row]}})
             for row in data.itertuples(index=False, name=None)
         ]
     rows = np.asarray(data)
     if rows.ndim == 1:
         rows = rows.reshape(1, -1)
-    return [orjson.dumps({"instances": [row.tolist()]}) for row in rows]
+    return [_dumps({"instances": [row.tolist()]}) for row in rows]
+
+
+def _dumps(payload: Any) -> bytes:
+    """JSON of a request body; values JSON cannot carry raise ``InvalidDataError``."""
+    try:
+        return orjson.dumps(payload, default=_default)
+    except orjson.JSONEncodeError as exc:
+        # orjson hides what default= raised behind its own TypeError: surface our message.
+        if isinstance(exc.__cause__, InvalidDataError):
+            raise InvalidDataError(str(exc.__cause__)) from exc
+        raise InvalidDataError(
+            f"cannot send this data to a model server ({exc}); pass numbers, strings or"
+            " booleans in a DataFrame, array or list"
+        ) from exc
 
 
 def _default(value: Any) -> Any:
@@ -46,7 +60,10 @@ def _default(value: Any) -> Any:
 
     if isinstance(value, np.generic):
         return value.item()
-    raise TypeError(f"cannot send {type(value).__name__} values to a model server")
+    raise InvalidDataError(
+        f"cannot send {type(value).__name__} values to a model server; convert the column to"
+        " numbers, strings or booleans first (e.g. df[col].astype(str))"
+    )
 
 
 def _body(data: Any) -> bytes:
@@ -55,11 +72,11 @@ def _body(data: Any) -> bytes:
 
     if isinstance(data, pd.DataFrame):
         split = {"columns": [str(c) for c in data.columns], "data": data.to_numpy().tolist()}
-        return orjson.dumps({"dataframe_split": split}, default=_default)
+        return _dumps({"dataframe_split": split})
     rows = np.asarray(data)
     if rows.ndim == 1:
         rows = rows.reshape(1, -1)
-    return orjson.dumps({"instances": rows.tolist()})
+    return _dumps({"instances": rows.tolist()})
 
 
 def predict(url: str, model: str, data: Any, *, timeout: float = 30.0) -> Any:
@@ -123,13 +140,15 @@ class TrafficRun:
         timeout: float = 10.0,
     ) -> None:
         if rps <= 0 or rps > 5000:
-            raise ValueError(f"rps must be within (0, 5000], got {rps!r}")
+            raise InvalidArgumentError(f"rps must be within (0, 5000], got {rps!r}")
         if duration <= 0 or duration > 3600:
-            raise ValueError(f"duration must be within (0 s, 1 h], got {duration!r} s")
+            raise InvalidArgumentError(f"duration must be within (0 s, 1 h], got {duration!r} s")
         self.url, self.model, self.rps, self.duration = url, model, float(rps), float(duration)
         self._bodies = encode_rows(data)
         if not self._bodies:
-            raise ValueError("send() needs at least one row of data")
+            raise InvalidArgumentError(
+                "send() needs at least one row of data; pass a non-empty DataFrame, array or list"
+            )
         self._records: list[tuple[float, str, int, float]] = []
         self.skipped = 0
         self._slots = threading.BoundedSemaphore(concurrency)

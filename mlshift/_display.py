@@ -23,7 +23,13 @@ class YAMLText(str):
 
 @dataclasses.dataclass(frozen=True)
 class Version:
-    """One deployed version as last seen (cached; ``ep.status()`` asks the target)."""
+    """One deployed version as last seen (cached; ``ep.status()`` asks the target).
+
+    Example:
+        >>> v2 = ep.deploy(model_v2, "v2")  # doctest: +SKIP
+        >>> v2  # doctest: +SKIP
+        <Version v2 0% ready>
+    """
 
     name: str
     weight: int

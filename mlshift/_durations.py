@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from mlshift._exceptions import InvalidArgumentError
+
 __all__ = ["parse_duration"]
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -18,10 +20,12 @@ def parse_duration(value: str | float | int, *, what: str = "duration") -> float
         90.0
     """
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be seconds or a string like '30s', got {value!r}")
+        raise InvalidArgumentError(f"{what} must be seconds or a string like '30s', got {value!r}")
     if isinstance(value, int | float):
         if value < 0:
-            raise ValueError(f"{what} must not be negative, got {value!r}")
+            raise InvalidArgumentError(
+                f"{what} must not be negative, got {value!r}; pass 0 or more seconds"
+            )
         return float(value)
     text = str(value).strip().lower()
     pos, total = 0, 0.0
@@ -31,7 +35,7 @@ def parse_duration(value: str | float | int, *, what: str = "duration") -> float
         total += float(m.group(1)) * _UNIT[m.group(2)]
         pos = m.end()
     if pos != len(text) or not text:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} {value!r} is not understood; use seconds or a string like '30s', '5m', '1h30m'"
         )
     return total

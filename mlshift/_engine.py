@@ -2,30 +2,41 @@
 
 An engine executes plans (``mlshift._plan``) against its world — processes and an Envoy on
 this machine, or a Kubernetes cluster — and reads back what is there. The facade never
-talks to Envoy or the Kubernetes API itself.
+talks to Envoy or the Kubernetes API itself, and never asks an engine what it can do by
+probing for attributes: ``Engine`` is the whole contract. Every engine implements every
+method; what only some targets can do is declared in ``capabilities`` (an engine without
+``"revive"`` raises ``UnsupportedError`` from ``revive``, saying why).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlshift._bundle import BundleInfo
+    from mlshift._bundle_info import BundleInfo
     from mlshift._plan import Plan
+    from mlshift._prediction_stats import PredictionStats
     from mlshift._state import EndpointState, TrafficState, VersionSpec
 
-__all__ = ["Engine", "Target", "VersionStatus"]
+__all__ = ["Capability", "Engine", "Target", "VersionStatus"]
+
+Capability = Literal["revive"]
+"""Optional abilities of an engine: ``"revive"`` restarts versions whose process died."""
 
 
 @dataclass(frozen=True)
 class VersionStatus:
-    """What is true of one version right now.
+    """What is true of one version right now (a row of ``ep.status()``).
 
     ``ready`` means it can take traffic; ``reason`` says why not (``process exited (code
     -9)``, ``CrashLoopBackOff: ...``) and is empty when ready.
+
+    Example:
+        >>> VersionStatus("v2", ready=False, weight=0, reason="process exited (code 2)").ready
+        False
     """
 
     version: str
@@ -43,6 +54,9 @@ class Engine(Protocol):
 
     target: str
     """``"local"`` or ``"kubernetes"``."""
+
+    capabilities: frozenset[Capability]
+    """The optional abilities this engine has (see ``Capability``)."""
 
     def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
         """Return the endpoint's applied state and traffic history, or None if it has none."""
@@ -68,8 +82,15 @@ class Engine(Protocol):
         """Return the per-version metrics frame (mlshift.metrics.FRAME_COLUMNS)."""
         ...
 
-    def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
-        """Return each version's Prometheus exposition text (local) or {} (read via PromQL)."""
+    def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
+        """Return each version's prediction counters over the last ``since`` seconds."""
+        ...
+
+    def revive(self, state: EndpointState) -> list[str]:
+        """Restart what is not running and return the versions restarted.
+
+        Raises UnsupportedError where ``"revive"`` is not in ``capabilities``.
+        """
         ...
 
 
@@ -77,6 +98,13 @@ class Target(Protocol):
     """Where endpoints live (``mlshift.Local()``, ``mlshift.Kubernetes()``)."""
 
     name: str
+    """``"local"``, ``"kubernetes"``: what reprs and messages call the target."""
+
+    hosts: tuple[str, ...]
+    """Extra host names a new endpoint's routes answer to (an ingress host), or none."""
+
+    gateways: tuple[str, ...]
+    """Gateways a new endpoint's routes bind to; empty means the mesh only."""
 
     def engine(self, endpoint: str) -> Engine:
         """Return the engine that serves ``endpoint`` on this target."""

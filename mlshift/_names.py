@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from mlshift._exceptions import InvalidNameError
 
-__all__ = ["check_name"]
+__all__ = ["check_name", "next_name"]
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_LEN = 63
@@ -34,3 +35,21 @@ def check_name(value: object, *, kind: str = "name", max_len: int = MAX_LEN) -> 
             f" starting and ending with a letter or digit (for example {hint!r})"
         )
     return value
+
+
+def next_name(version: str, taken: Collection[str]) -> str:
+    """Suggest the next free version name after ``version`` (``v2`` -> ``v3``).
+
+    Example:
+        >>> next_name("v2", ["v1", "v2", "v3"])
+        'v4'
+        >>> next_name("blue", [])
+        'blue-2'
+    """
+    m = re.fullmatch(r"(.*?)(\d+)", version)
+    stem, n = (m.group(1), int(m.group(2))) if m else (version + "-", 1)
+    candidate = f"{stem}{n + 1}"
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}{n + 1}"
+    return candidate

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mlshift._exceptions import InvalidWeightsError
 from mlshift._render import (
     deployment_name,
     managed_routes,
@@ -23,7 +24,19 @@ from mlshift._render import (
 )
 from mlshift._state import EndpointState, TrafficState
 
-__all__ = ["Action", "Plan", "Step", "plan_change", "plan_delete"]
+__all__ = [
+    "HISTORY_LIMIT",
+    "Action",
+    "Plan",
+    "Step",
+    "extend_history",
+    "plan_change",
+    "plan_delete",
+    "rollback_traffic",
+]
+
+HISTORY_LIMIT = 50
+"""Traffic splits kept for ``rollback()``; older ones are dropped."""
 
 Action = Literal["apply", "wait-ready", "patch-routes", "delete"]
 
@@ -62,7 +75,17 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """The ordered steps that take an endpoint to ``state``, and the history to keep."""
+    """The ordered steps that take an endpoint to ``state``, and the history to keep.
+
+    What ``dry_run=True`` verbs return: print it to review the writes, ``to_yaml()`` for
+    the objects. A plan with no steps changes nothing.
+
+    Example:
+        >>> plan = ep.shift({"v1": 90, "v2": 10}, dry_run=True)  # doctest: +SKIP
+        >>> print(plan)  # doctest: +SKIP
+        plan for ml/churn:
+          1. patch-routes VirtualService churn (weights v1=90, v2=10)
+    """
 
     state: EndpointState
     steps: tuple[Step, ...]
@@ -148,3 +171,75 @@ def plan_delete(state: EndpointState) -> Plan:
         ),
     ]
     return Plan(state, tuple(steps))
+
+
+def extend_history(
+    history: Sequence[TrafficState], old: EndpointState | None, new: EndpointState
+) -> tuple[TrafficState, ...]:
+    """Return the history after ``old`` -> ``new``: a traffic change pushes the split it leaves.
+
+    Example:
+        >>> from mlshift._state import EndpointState, TrafficState
+        >>> old = EndpointState("churn", traffic=TrafficState({"v1": 100}))
+        >>> new = old.with_traffic(TrafficState({"v1": 50, "v2": 50}))
+        >>> [dict(t.weights) for t in extend_history((), old, new)]
+        [{'v1': 100}]
+    """
+    if old is not None and old.traffic != new.traffic:
+        return (*history, old.traffic)[-HISTORY_LIMIT:]
+    return tuple(history)
+
+
+def _same_split(traffic: TrafficState, state: EndpointState) -> bool:
+    """True when ``traffic`` routes exactly as ``state`` does (missing weights count as 0)."""
+    ours = {v: w for v, w in state.traffic.weights.items() if w}
+    theirs = {v: w for v, w in traffic.weights.items() if w}
+    return (
+        ours == theirs
+        and traffic.headers == state.traffic.headers
+        and traffic.mirror == state.traffic.mirror
+    )
+
+
+def rollback_traffic(
+    state: EndpointState, history: Sequence[TrafficState]
+) -> tuple[TrafficState, tuple[TrafficState, ...]]:
+    """Return the split a rollback returns to and the history left after it.
+
+    Entries that route exactly as now are skipped (deploying v2 turns ``{v1: 100}`` into
+    ``{v1: 100, v2: 0}``: rolling back to that would change nothing). A rollback pops the
+    history instead of pushing the split it leaves, so each call steps one change back.
+
+    Raises:
+        InvalidWeightsError: there is no earlier split, or it sent traffic to a version
+            that has since been removed.
+
+    Example:
+        >>> from mlshift._state import EndpointState, TrafficState, VersionSpec
+        >>> now = EndpointState("churn", versions=(VersionSpec("v1"), VersionSpec("v2")),
+        ...                     traffic=TrafficState({"v1": 50, "v2": 50}))
+        >>> dict(rollback_traffic(now, [TrafficState({"v1": 100})])[0].weights)
+        {'v1': 100}
+    """
+    left = list(history)
+    while left and _same_split(left[-1], state):
+        left.pop()
+    if not left:
+        raise InvalidWeightsError(
+            f"endpoint {state.name!r} has no earlier traffic split to roll back to;"
+            " use ep.rollback(to='v1') to send everything to one version"
+        )
+    previous = left.pop()
+    gone = [v for v, w in previous.weights.items() if w and state.version(v) is None]
+    if gone:
+        raise InvalidWeightsError(
+            f"the previous split sent traffic to removed version(s) {', '.join(gone)};"
+            " use ep.rollback(to=...) or ep.shift({...})"
+        )
+    mirror = previous.mirror
+    traffic = TrafficState(
+        {v: w for v, w in previous.weights.items() if state.version(v) is not None},
+        headers=tuple(h for h in previous.headers if state.version(h.version)),
+        mirror=mirror if mirror and state.version(mirror.version) else None,
+    )
+    return traffic, tuple(left)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import atexit
 import functools
 import html
-import io
 import logging
 import threading
 import time
@@ -42,22 +41,30 @@ from typing import TYPE_CHECKING, Any
 
 from mlshift._colors import version_colors
 from mlshift._durations import parse_duration
-from mlshift._exceptions import ConfigError, MlshiftError
+from mlshift._exceptions import InvalidArgumentError, MlshiftError
+from mlshift._widget_parts import (
+    ERROR_COLOR,
+    notebook_modules,
+    render_png,
+    weights_html,
+    widget_class,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlshift._endpoint import Endpoint
+    from mlshift._view import EndpointView
 
 __all__ = ["TrafficSlider", "traffic_slider"]
 
 log = logging.getLogger("mlshift.widgets")
 
-_ERROR_COLOR = "#b00020"
 _LIVE: weakref.WeakSet[TrafficSlider] = weakref.WeakSet()
 
 
-def traffic_slider(ep: Endpoint, *, refresh: str | float = "3s", since: str | float = "2m") -> Any:
+def traffic_slider(
+    ep: EndpointView, *, refresh: str | float = "3s", since: str | float = "2m"
+) -> Any:
     """Return a widget that shifts ``ep``'s traffic, with live per-version plots.
 
     The widget is not displayed here (so it composes); show it by leaving it last in a cell
@@ -81,53 +88,6 @@ def traffic_slider(ep: Endpoint, *, refresh: str | float = "3s", since: str | fl
     return TrafficSlider(ep, refresh=refresh, since=since).widget
 
 
-def _notebook_modules() -> Any:
-    try:
-        import ipywidgets
-        import matplotlib  # noqa: F401  (checked here so the error names both)
-    except ImportError as exc:
-        raise ConfigError(
-            f"the traffic slider needs ipywidgets and matplotlib, which cannot be imported"
-            f" ({exc}); install them with: pip install 'mlshift[notebook]'"
-        ) from exc
-    return ipywidgets
-
-
-@functools.cache
-def _widget_class() -> type:
-    """The VBox subclass ``traffic_slider`` returns (built once, after ipywidgets loads)."""
-    import ipywidgets
-
-    class TrafficSliderWidget(ipywidgets.VBox):  # type: ignore[misc]
-        """The slider box; closing it stops the refresh thread and closes its parts."""
-
-        controller: TrafficSlider
-
-        def start(self) -> None:
-            """Start refreshing the plots (done on first display)."""
-            self.controller.start()
-
-        def stop(self) -> None:
-            """Stop refreshing the plots; the controls keep working."""
-            self.controller.stop()
-
-        def close(self) -> None:
-            controller = self.__dict__.get("controller")
-            if controller is not None:
-                controller.close_parts()
-            super().close()
-
-        def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-            # Called when the widget is displayed: that is when live plots are worth drawing.
-            self.controller.start()
-            return super()._repr_mimebundle_(**kwargs)
-
-        def __repr__(self) -> str:  # never the default trait dump (it holds the PNG bytes)
-            return repr(self.controller)
-
-    return TrafficSliderWidget
-
-
 def _stop_all_at_exit() -> None:
     for controller in list(_LIVE):
         controller.stop(timeout=1.0)
@@ -135,15 +95,6 @@ def _stop_all_at_exit() -> None:
 
 # Kernel shutdown: stop every refresh thread before the interpreter tears modules down.
 atexit.register(_stop_all_at_exit)
-
-
-def _weights_html(weights: Mapping[str, int], names: list[str]) -> str:
-    colors = version_colors(names or list(weights))
-    parts = [
-        f'<b style="color:{colors.get(v, "#000000")}">{html.escape(v)}</b>&nbsp;{int(w)}&nbsp;%'
-        for v, w in weights.items()
-    ]
-    return " · ".join(parts) or "no versions"
 
 
 class TrafficSlider:
@@ -165,16 +116,18 @@ class TrafficSlider:
     """
 
     def __init__(
-        self, ep: Endpoint, *, refresh: str | float = "3s", since: str | float = "2m"
+        self, ep: EndpointView, *, refresh: str | float = "3s", since: str | float = "2m"
     ) -> None:
-        w = _notebook_modules()
+        w = notebook_modules()
         self.ep = ep
         # The refresh thread reads through its own Endpoint: an Endpoint's cache is not
         # thread-safe, and the notebook keeps using ``ep`` while the plots refresh.
-        self._reader = type(ep)(ep.name, ep.target)
+        self._reader = ep.reader()
         self.interval = parse_duration(refresh, what="refresh")
         if self.interval < 0.5:
-            raise ValueError(f"refresh must be at least 0.5 s, got {refresh!r}")
+            raise InvalidArgumentError(
+                f"refresh must be at least 0.5 s, got {refresh!r}; e.g. refresh='3s'"
+            )
         self.since = parse_duration(since, what="since")
         # About 24 points across the window, at least one per second.
         self.step = min(60.0, max(1.0, self.since / 24))
@@ -218,7 +171,7 @@ class TrafficSlider:
         self.yes_button.on_click(lambda _: self.confirm())
         self.cancel_button.on_click(lambda _: self.cancel())
         actions = w.HBox([self.version_picker, self.promote_button, self.rollback_button])
-        self.widget = _widget_class()(
+        self.widget = widget_class()(
             children=[
                 self.title,
                 self.slider_box,
@@ -235,13 +188,13 @@ class TrafficSlider:
         except MlshiftError as exc:
             self._show_error(exc, "could not read the endpoint")
         else:
-            self.status.value = f"applied: {_weights_html(self.ep.weights, self._names)}"
+            self.status.value = f"applied: {weights_html(self.ep.weights, self._names)}"
         self._reported = self.ep.weights
         self._sync()
 
     # -- keeping the controls in step with the target ------------------------------------------
 
-    def _sync(self, source: Endpoint | None = None) -> None:
+    def _sync(self, source: EndpointView | None = None) -> None:
         """Show the cached weights of ``source`` (default ``ep``); rebuild on new versions."""
         source = source or self.ep
         weights = source.weights
@@ -255,7 +208,7 @@ class TrafficSlider:
                     slider.value = int(weights.get(version, 0))
                 self.title.value = (
                     f"<b>{html.escape(self.ep.name)}</b> on {html.escape(self.ep.target.name)}:"
-                    f" {_weights_html(weights, names)}"
+                    f" {weights_html(weights, names)}"
                 )
             finally:
                 self._syncing = False
@@ -319,7 +272,7 @@ class TrafficSlider:
             self._sync()
             self._reported = self.ep.weights
             self.status.value = (
-                f"applied: {_weights_html(self.ep.weights, self._names)}"
+                f"applied: {weights_html(self.ep.weights, self._names)}"
                 f" <small>({html.escape(what)}, {took:.0f} ms)</small>"
             )
             log.info("%s: %s in %.0f ms", self.ep.name, what, took)
@@ -342,9 +295,9 @@ class TrafficSlider:
 
     def _show_error(self, exc: BaseException, what: str) -> None:
         self.status.value = (
-            f'<span style="color:{_ERROR_COLOR}">⚠ {html.escape(what)}:'
+            f'<span style="color:{ERROR_COLOR}">⚠ {html.escape(what)}:'
             f" {html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
-            f"<br>applied: {_weights_html(self.ep.weights, self._names)}"
+            f"<br>applied: {weights_html(self.ep.weights, self._names)}"
         )
         self._reported = self.ep.weights
 
@@ -367,14 +320,16 @@ class TrafficSlider:
                     return
                 if not history:
                     self.status.value = (
-                        f'<span style="color:{_ERROR_COLOR}">⚠ nothing to roll back to: no'
+                        f'<span style="color:{ERROR_COLOR}">⚠ nothing to roll back to: no'
                         " earlier split; use Promote to send everything to one version</span>"
                     )
                     return
                 self._pending = ("rollback", "")
-                question = f"Confirm roll back to {_weights_html(history[-1], self._names)}?"
+                question = f"Confirm roll back to {weights_html(history[-1], self._names)}?"
             else:
-                raise ValueError(f"action must be 'promote' or 'rollback', got {action!r}")
+                raise InvalidArgumentError(
+                    f"action must be 'promote' or 'rollback', got {action!r}"
+                )
             self.confirm_label.value = question
             self.confirm_box.layout.display = "flex"
 
@@ -415,11 +370,11 @@ class TrafficSlider:
         except MlshiftError as exc:
             with self._lock:
                 self.plot_status.value = (
-                    f'<small style="color:{_ERROR_COLOR}">metrics unavailable:'
+                    f'<small style="color:{ERROR_COLOR}">metrics unavailable:'
                     f" {html.escape(str(exc))}</small>"
                 )
             return
-        png = _render_png(frame, predictions, f"{self.ep.name}: last {self.since:g} s")
+        png = render_png(frame, predictions, f"{self.ep.name}: last {self.since:g} s")
         with self._lock:  # no redraw of the controls while a change is being applied
             if self._stop.is_set() and self._thread is threading.current_thread():
                 return  # stopped while reading or drawing: the widget may be closing
@@ -431,7 +386,7 @@ class TrafficSlider:
                 if reader.weights != self._reported:  # shifted in code, or another notebook
                     self._reported = reader.weights
                     self.status.value = (
-                        f"applied: {_weights_html(self._reported, self._names)}"
+                        f"applied: {weights_html(self._reported, self._names)}"
                         f" <small>(changed outside this widget; seen"
                         f" {time.strftime('%H:%M:%S')})</small>"
                     )
@@ -444,10 +399,9 @@ class TrafficSlider:
             )
 
     def _predictions(self) -> pd.DataFrame | None:
-        read = getattr(self._reader, "predictions", None)
-        if read is None or not self._reader.versions:
+        if not self._reader.versions:
             return None
-        frame: pd.DataFrame = read(since=self.since)
+        frame = self._reader.predictions(since=self.since)
         return None if frame.empty else frame
 
     @property
@@ -474,7 +428,7 @@ class TrafficSlider:
             except Exception as exc:  # keep refreshing; say what went wrong where it is seen
                 log.exception("refreshing the slider plots of %s failed", self.ep.name)
                 self.plot_status.value = (
-                    f'<small style="color:{_ERROR_COLOR}">plot refresh failed:'
+                    f'<small style="color:{ERROR_COLOR}">plot refresh failed:'
                     f" {html.escape(type(exc).__name__)}: {html.escape(str(exc))}</small>"
                 )
             self._stop.wait(self.interval)
@@ -503,13 +457,3 @@ class TrafficSlider:
         weights = ", ".join(f"{v}={w}" for v, w in self.ep.weights.items())
         state = "closed" if self._closed else "live" if self.running else "idle"
         return f"<TrafficSlider {self.ep.name}: {weights or 'no versions'} ({state})>"
-
-
-def _render_png(frame: pd.DataFrame, predictions: pd.DataFrame | None, title: str) -> bytes:
-    """Draw the per-version dashboard with Agg and return it as PNG bytes."""
-    from mlshift import plot
-
-    figure = plot.dashboard(frame, predictions=predictions, title=title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue()

@@ -10,6 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlshift._client import TrafficRun
+    from mlshift._view import EndpointView
 
 __all__ = ["main"]
 
@@ -19,11 +24,11 @@ def _say(text: str = "") -> None:
     sys.stdout.flush()
 
 
-def _table(ep: object, run: object) -> str:
+def _table(ep: EndpointView, run: TrafficRun) -> str:
     import pandas as pd
 
-    summary = run.summary()  # type: ignore[attr-defined]
-    metrics = ep.metrics(since="5s", step="1s")  # type: ignore[attr-defined]
+    summary = run.summary()
+    metrics = ep.metrics(since="5s", step="1s")
     if not metrics.empty:
         latest = metrics.groupby("version")[["rps", "error_rate", "p50_ms", "p99_ms"]].mean()
         summary = summary.join(latest.add_prefix("envoy_"), how="left")
@@ -55,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         ep.deploy(v2_model, "v2", sample=X[:5])
         _say(f"router at {ep.url}")
         _say(str(ep.predict(X[:3])))
-        for step in ({"v1": 100, "v2": 0}, {"v1": 90, "v2": 10}, {"v1": 50, "v2": 50}, "promote"):
-            if step == "promote":
+        splits: list[dict[str, int] | None] = [
+            {"v1": 100, "v2": 0},
+            {"v1": 90, "v2": 10},
+            {"v1": 50, "v2": 50},
+            None,  # promote v2
+        ]
+        for split in splits:
+            if split is None:
                 _say("\n== promote v2")
                 ep.promote("v2")
             else:
-                _say(f"\n== shift {step}")
-                ep.shift(step)  # type: ignore[arg-type]
+                _say(f"\n== shift {split}")
+                ep.shift(split)
             run = ep.send(X, rps=100, duration="5s").wait()
             _say(_table(ep, run))
         _say("\n== rollback (back to 50/50)")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from mlshift._colors import version_colors
-from mlshift._exceptions import ConfigError
+from mlshift._exceptions import ConfigError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,7 +50,7 @@ def _axes(ax: Axes | None) -> Axes:
 def _check_columns(df: pd.DataFrame, *columns: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the frame has no column {', '.join(missing)}; pass a metrics frame such as"
             " ep.metrics() or mlshift.metrics.istio_metrics(...)"
         )
@@ -112,7 +112,10 @@ def latency(df: pd.DataFrame, ax: Axes | None = None, quantile: str = "p99_ms") 
     """
     column = quantile if quantile.endswith("_ms") else f"{quantile}_ms"
     if column not in _QUANTILES:
-        raise ValueError(f"quantile {quantile!r} is not one of {', '.join(_QUANTILES)}")
+        raise InvalidArgumentError(
+            f"quantile {quantile!r} is not one of {', '.join(_QUANTILES)};"
+            " pass e.g. quantile='p95_ms'"
+        )
     ax = _time_lines(df, column, ax, 1.0, f"{column[:3]} latency (ms)")
     ax.set_ylim(bottom=0)
     return ax

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from model_server._errors import BundleReadError, DigestMismatch
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "LoadedBundle",
     "check_requirements",
     "file_sha256",
+    "is_older",
     "load_bundle",
     "read_manifest",
     "verify_digest",
@@ -179,14 +182,23 @@ def verify_digest(bundle_dir: str | os.PathLike[str], manifest: dict[str, Any]) 
     return model_path
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts: list[int] = []
-    for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece else ""
-        if not digits or not piece[0].isdigit():
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def is_older(installed: str, wanted: str) -> bool:
+    """Return True when version ``installed`` is older than ``wanted``, by PEP 440 rules.
+
+    Pre-releases sort before their release (``1.5.0rc1`` < ``1.5.0``) and local build labels
+    are ignored (``2.3.0+cu121`` is ``2.3.0``: a CUDA build of the same release is not
+    older). A version that is not PEP 440 cannot be compared and is never called older.
+
+    Example:
+        >>> is_older("1.9.2", "1.10.0"), is_older("2.3.0+cu121", "2.3.0")
+        (True, False)
+    """
+    try:
+        have, need = Version(installed), Version(wanted)
+    except InvalidVersion as exc:
+        log.debug("not comparing versions %r and %r: %s", installed, wanted, exc)
+        return False
+    return Version(have.public) < Version(need.public)
 
 
 def check_requirements(manifest: dict[str, Any]) -> list[str]:
@@ -211,7 +223,7 @@ def check_requirements(manifest: dict[str, Any]) -> list[str]:
                 f" pip install {dist}=={wanted}"
             )
             continue
-        if _version_tuple(installed) < _version_tuple(str(wanted)):
+        if is_older(installed, str(wanted)):
             messages.append(
                 f"bundle was made with {dist} {wanted} but {dist} {installed} is installed here;"
                 f" loading may fail or predict differently: pip install {dist}=={wanted}"

@@ -39,6 +39,7 @@ _SERVER_RUNTIME = (
     "orjson",
     "uvicorn",
     "prometheus-client",
+    "packaging",
     "cloudpickle",
     "skops",
 )

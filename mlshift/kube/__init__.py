@@ -1,8 +1,10 @@
 """The Kubernetes target: deploy versions as Istio subsets and move weights safely.
 
-``Kubernetes`` is the target (settings, cluster discovery, image push); its engine applies
-the renderer's objects in the safe order and reads them back; ``rbac`` gives the minimal
-Role the SDK needs. Importing this package does not import the ``kubernetes`` client.
+``Kubernetes`` is the target (settings, cluster discovery, image push through
+``mlshift.image``); its engine (``_engine``) applies the renderer's objects in the safe
+order and reads them back (``_live``), through one thin client layer (``_api``); metrics
+come from Prometheus through ``mlshift.metrics``; ``rbac`` gives the minimal Role the SDK
+needs. Importing this package does not import the ``kubernetes`` client.
 
 Example:
     >>> import mlshift

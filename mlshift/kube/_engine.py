@@ -7,12 +7,12 @@ the other way. Three rules keep other people's work and live traffic safe:
 - Objects are created with ``POST`` and, when they exist, merge-patched; never ``PUT``.
 - Routes are changed by reading the VirtualService, swapping only mlshift's routes
   (``merge_routes``) and writing a merge patch carrying the ``resourceVersion`` that was
-  read, so a concurrent change makes the API server answer 409; then it re-reads and tries
-  again, a bounded number of times, before raising ``ConflictError``. A change computed
-  from managed routes that are no longer the live ones (the step's ``previous``: someone
-  else moved the traffic meanwhile) is refused with ``ConflictError`` before any write, on
-  the first read and on every re-read, so the caller re-reads and recomputes it; a 409 due
-  only to foreign routes or fields is merged and retried.
+  read, so a concurrent change makes the API server answer 409. A change computed from
+  managed routes that are no longer the live ones (the step's ``previous``: someone else
+  moved the traffic meanwhile) is refused before any write. Both raise ``ConflictError``
+  at once: the facade is the one retry layer (it re-reads the endpoint, recomputes the
+  change on top of what is live, and tries again until its deadline), so retries never
+  multiply.
 - A version that does not become ready raises ``NotReadyError`` with the reason from the
   pods and events of its current rollout (the newest ReplicaSet; a failed earlier rollout's
   pods and stale conditions do not count), before any route may send it traffic.
@@ -29,8 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlshift._engine import VersionStatus
-from mlshift._exceptions import APIConflictError, APINotFoundError, ConflictError, NotReadyError
+from mlshift._engine import Capability, VersionStatus
+from mlshift._exceptions import (
+    APIConflictError,
+    APINotFoundError,
+    ConflictError,
+    NotReadyError,
+    UnsupportedError,
+)
 from mlshift._render import (
     MANAGED_BY,
     deployment_name,
@@ -73,6 +79,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlshift._plan import Plan, Step
+    from mlshift._prediction_stats import PredictionStats
 
 __all__ = ["HISTORY_ANNOTATION", "EngineSettings", "KubernetesEngine"]
 
@@ -97,8 +104,6 @@ class EngineSettings:
     """A bearer token for Prometheus (sent as ``Authorization: Bearer ...``)."""
     prometheus_headers: Mapping[str, str] | None = None
     """Extra HTTP headers for Prometheus (a tenant header, a proxy's auth)."""
-    conflict_attempts: int = 5
-    """Writes of the VirtualService tried before a ``ConflictError``."""
 
 
 class KubernetesEngine:
@@ -110,6 +115,7 @@ class KubernetesEngine:
     """
 
     target = "kubernetes"
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(self, endpoint: str, api: KubeAPI, settings: EngineSettings) -> None:
         self.endpoint = endpoint
@@ -224,9 +230,29 @@ class KubernetesEngine:
             headers=self.settings.prometheus_headers,
         )
 
-    def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
-        """Nothing: on a cluster the model servers' metrics are read through Prometheus."""
-        return {}
+    def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
+        """Each version's prediction counters over the last ``since`` s, from Prometheus.
+
+        The series must carry the pod's ``namespace`` label, as Istio's scrape configuration
+        adds it; needs no Kubernetes API.
+        """
+        from mlshift.metrics import prometheus_predictions
+
+        return prometheus_predictions(
+            self.settings.prometheus_url,
+            model=state.name,
+            since=since,
+            labels={"namespace": state.namespace},
+            token=self.settings.prometheus_token,
+            headers=self.settings.prometheus_headers,
+        )
+
+    def revive(self, state: EndpointState) -> list[str]:
+        """Refuse: a Deployment restarts its pods by itself (``UnsupportedError``)."""
+        raise UnsupportedError(
+            f"the kubernetes target restarts versions by itself (each version is a Deployment);"
+            f" check ep.status() or `kubectl -n {state.namespace} get pods -l app={state.name}`"
+        )
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -310,38 +336,27 @@ class KubernetesEngine:
     ) -> None:
         ns, name = state.namespace, state.name
         annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
-        last: Exception | None = None
-        for attempt in range(1, self.settings.conflict_attempts + 1):
-            live = self._get_or_none(VIRTUAL_SERVICES, ns, name)
-            if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
-                raise ConflictError(
-                    f"the routes of VirtualService {ns}/{name} changed since they were read:"
-                    " someone else moved the traffic meanwhile, and nothing was written. Re-read"
-                    " them (ep.status()) and try again",
-                ) from last
-            try:
-                if live is None:
-                    vs = render_virtual_service(state)
-                    vs["spec"]["http"] = managed
-                    vs["metadata"]["annotations"] = annotations
-                    self.api.create(VIRTUAL_SERVICES, ns, vs)
-                else:
-                    self.api.patch(
-                        VIRTUAL_SERVICES, ns, name, _routes_patch(state, live, managed, annotations)
-                    )
-                return
-            except APIConflictError as exc:
-                last = exc
-                log.info(
-                    "VirtualService %s/%s changed meanwhile (try %d); re-reading", ns, name, attempt
-                )
-                if attempt < self.settings.conflict_attempts:
-                    time.sleep(min(0.05 * 2**attempt, 1.0))
-        raise ConflictError(
-            f"VirtualService {ns}/{name} kept changing while mlshift wrote its routes"
-            f" ({self.settings.conflict_attempts} tries); someone else is editing it. Routing is"
-            " as they left it: check ep.status() and try again"
-        ) from last
+        live = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+        if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
+            raise ConflictError(
+                f"the routes of VirtualService {ns}/{name} changed since they were read:"
+                " someone else moved the traffic meanwhile, and nothing was written. Re-read"
+                " them (ep.status()) and try again",
+            )
+        try:
+            if live is None:
+                vs = render_virtual_service(state)
+                vs["spec"]["http"] = managed
+                vs["metadata"]["annotations"] = annotations
+                self.api.create(VIRTUAL_SERVICES, ns, vs)
+            else:
+                patch = _routes_patch(state, live, managed, annotations)
+                self.api.patch(VIRTUAL_SERVICES, ns, name, patch)
+        except APIConflictError as exc:
+            raise ConflictError(
+                f"VirtualService {ns}/{name} changed while mlshift wrote its routes (409);"
+                " nothing was written. Re-read the endpoint and try again (the SDK's verbs do)"
+            ) from exc
 
 
 def _routes_patch(

@@ -42,7 +42,7 @@ from mlshift.kube._config import SERVICE_ACCOUNT_DIR, ClusterConfig, KubeconfigA
 from mlshift.kube._engine import EngineSettings, KubernetesEngine
 
 if TYPE_CHECKING:
-    from mlshift._bundle import BundleInfo
+    from mlshift._bundle_info import BundleInfo
 
 __all__ = ["DEFAULT_PROMETHEUS_URL", "DEFAULT_ROLLOUT_TIMEOUT", "Kubernetes"]
 

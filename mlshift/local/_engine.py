@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from mlshift._engine import VersionStatus
+from mlshift._engine import Capability, VersionStatus
 from mlshift._exceptions import (
     ConflictError,
     DeployError,
@@ -46,21 +45,14 @@ from mlshift._state import EndpointState, TrafficState
 from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
 from mlshift.local._envoy import Router
-from mlshift.local._files import EndpointFiles, read_json, write_json
-from mlshift.local._predictions import (
-    PREDICTION_INTERVAL_S,
-    PredictionStore,
-    read_samples,
-    server_metrics,
-    window,
-)
-from mlshift.local._stats import Sampler, SampleStore, parse_prometheus, stats_filter
+from mlshift.local._files import EndpointFiles, write_json
+from mlshift.local._sampling import MeshSampling
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mlshift._plan import Plan, Step
-    from mlshift.metrics._predictions import PredictionStats
+    from mlshift._prediction_stats import PredictionStats
 
 __all__ = ["LocalEngine"]
 
@@ -86,6 +78,7 @@ class LocalEngine:
     """
 
     target = "local"
+    capabilities: frozenset[Capability] = frozenset({"revive"})
 
     def __init__(
         self,
@@ -103,13 +96,11 @@ class LocalEngine:
         self._port = port
         self._envoy = envoy
         self._router: Router | None = None
-        self.samples = SampleStore(self.root / "metrics.jsonl")
-        self.prediction_samples = PredictionStore(self.root / "predictions.jsonl")
-        self._predictions_due = 0.0
-        self._sampler = Sampler(self._tick, interval_s=1.0)
         self._http = httpx.Client(timeout=1.0, trust_env=False)
+        self.sampling = MeshSampling(name, self.files, lambda: self.router, self._http)
+        self.prediction_samples = self.sampling.prediction_samples
         if procs.alive(procs.read_record(self.root / "envoy" / "envoy.json")):
-            self._sampler.start()  # reattached to a running mesh
+            self.sampling.start()  # reattached to a running mesh
 
     def __repr__(self) -> str:
         return f"<LocalEngine {self.name} at {self.root}>"
@@ -118,38 +109,10 @@ class LocalEngine:
     def router(self) -> Router:
         """The endpoint's Envoy (its router port picked and kept on first use)."""
         if self._router is None:
-            self._router = Router(self.root / "envoy", port=self._router_port(), binary=self._envoy)
+            self._router = Router(
+                self.root / "envoy", port=self.files.router_port(self._port), binary=self._envoy
+            )
         return self._router
-
-    def _router_port(self) -> int:
-        path = self.root / "router-port"
-        running = procs.read_record(self.root / "envoy" / "envoy.json")
-        if procs.alive(running) and running is not None:
-            return running.port
-        with contextlib.suppress(OSError, ValueError):
-            kept = int(path.read_text())
-            if self._port is None or self._port == kept:
-                return kept
-        port = self._port or procs.free_port()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(str(port))
-        return port
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the endpoint's lock: one plan at a time, across processes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; one process at a time is on the user
-            yield
-            return
-        with open(self.root / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- Engine protocol ----------------------------------------------------------------------
 
@@ -166,7 +129,7 @@ class LocalEngine:
             RoutingError: Envoy rejected the clusters or routes (it keeps the old ones).
             LocalModeError: Envoy cannot run here, or the router port is taken.
         """
-        with self._locked():
+        with self.files.lock():
             # Under the lock, before any step: a plan computed from routes another process
             # has changed since must not overwrite that change (the caller re-reads).
             for step in plan.steps:
@@ -245,76 +208,27 @@ class LocalEngine:
         return f"http://127.0.0.1:{self.router.port}"
 
     def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
-        """Return the per-version frame over the last ``since`` seconds at ``step`` resolution.
-
-        Samples are taken every second while a process is attached, and once now.
-        """
-        from mlshift.metrics._frame import frame_from_snapshots
-
-        now = time.time()
-        with contextlib.suppress(MlshiftError):
-            self.sample()
-        snaps = self.samples.read(since=now - since - max(step, 1.0) * 2)
-        versions = set(state.version_names)
-        snaps = [s for s in snaps if s.version in versions]
-        if step > 1.0:
-            latest: dict[tuple[str, int], Any] = {}
-            for snap in sorted(snaps, key=lambda s: s.timestamp):
-                latest[(snap.version, int(snap.timestamp // step))] = snap
-            snaps = list(latest.values())
-        return frame_from_snapshots(snaps, since=now - since)
-
-    def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
-        """Return each running version's ``/metrics`` text (its cumulative counters)."""
-        texts = server_metrics(self._http, self.files, state.version_names)
-        return {v: text for v, (_, text) in texts.items()}
+        """Return the per-version frame over the last ``since`` s (see ``MeshSampling``)."""
+        return self.sampling.metrics(state, since=since, step=step)
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's predictions over the last ``since`` seconds.
-
-        Diffs the servers' counters as sampled every few seconds (and once now); a version
-        with no sample from before the window counts since its process started.
 
         Example:
             >>> engine.predictions(state, since=120.0)  # doctest: +SKIP
             [PredictionStats(version='v1', classes={'no': 81.0, 'yes': 19.0}, ...)]
         """
-        self.sample_predictions()
-        samples = self.prediction_samples.read()
-        found = {s.version: s for s in window(samples, now=time.time(), since=since)}
-        return [found[v] for v in state.version_names if v in found]
+        return self.sampling.predictions(state, since=since)
 
     # -- extras -------------------------------------------------------------------------------
 
     def sample(self) -> None:
-        """Read Envoy's per-version stats once and append them to the sample store."""
-        if not self.router.running():
-            return
-        data = read_json(self.root / "state.json")
-        if not data:
-            return
-        versions = [str(v["name"]) for v in data["state"].get("versions") or ()]
-        if not versions:
-            return
-        clusters = {xds.cluster_name(self.name, v): v for v in versions}
-        text = self.router.get("/stats/prometheus", filter=stats_filter(clusters)).text
-        self.samples.append(parse_prometheus(text, clusters, timestamp=time.time()))
+        """Read Envoy's per-version stats once and store them (the thread does every second)."""
+        self.sampling.sample()
 
     def sample_predictions(self) -> None:
         """Read every running version's prediction counters once and store them."""
-        versions = [p.stem for p in sorted(self.files.run_dir.glob("*.json"))]
-        texts = server_metrics(self._http, self.files, versions)
-        self.prediction_samples.append(read_samples(self.name, texts))
-
-    def _tick(self) -> None:
-        """The sampler's work: Envoy's stats every tick, predictions every few seconds."""
-        due = time.monotonic() >= self._predictions_due
-        try:
-            self.sample()
-        finally:
-            if due:
-                self._predictions_due = time.monotonic() + PREDICTION_INTERVAL_S
-                self.sample_predictions()
+        self.sampling.sample_predictions()
 
     def revive(self, state: EndpointState) -> list[str]:
         """Restart what is not running (Envoy, versions whose process is gone), e.g. after a
@@ -324,7 +238,7 @@ class LocalEngine:
             >>> engine.revive(state)  # doctest: +SKIP
             ['v1', 'v2']
         """
-        with self._locked():
+        with self.files.lock():
             # The router first: it takes its own port back before new version processes pick
             # free ports (one of them could otherwise get the port Envoy used to hold).
             self.router.ensure_running()
@@ -332,21 +246,11 @@ class LocalEngine:
             for spec in state.versions:
                 if procs.alive(self.files.record(spec.name)) or not spec.bundle:
                     continue
-                record = procs.start_model_server(
-                    spec.bundle,
-                    name=self.name,
-                    version=spec.name,
-                    run_dir=self.files.run_dir,
-                    avoid_ports=(self.router.port,),
-                )
-                extra = {**(record.extra or {}), "sha256": spec.model_sha256}
-                procs.ProcessRecord(
-                    record.pid, record.port, record.started, record.log, extra
-                ).save(self.files.record_path(spec.name))
+                self._start_version(spec.name, spec.bundle, spec.model_sha256)
                 restarted.append(spec.name)
             for version in restarted:
                 self._wait_ready(version, {})
-            self._sampler.start()
+            self.sampling.start()
             rule = self.files.stored("DestinationRule")
             if rule is not None:
                 self._write_clusters(rule)
@@ -366,7 +270,7 @@ class LocalEngine:
 
     def close(self) -> None:
         """Stop sampling in this process and close its clients (the mesh keeps running)."""
-        self._sampler.stop()
+        self.sampling.stop()
         self._http.close()
         if self._router is not None:
             self._router.close()
@@ -387,7 +291,7 @@ class LocalEngine:
         elif step.action == "apply" and step.kind == "Service":
             self.router.ensure_running()
             write_json(self.files.object_path("Service"), step.obj)
-            self._sampler.start()
+            self.sampling.start()
         elif step.action == "apply" and step.kind == "DestinationRule":
             assert step.obj is not None
             self._write_clusters(step.obj)
@@ -428,23 +332,21 @@ class LocalEngine:
                 write_json(self.files.object_path("Deployment", version), step.obj)
                 return
             replaced[version] = current  # swapped out once the new process is ready
+        self._start_version(version, spec.bundle, spec.model_sha256)
+        started.append(version)
+        write_json(self.files.object_path("Deployment", version), step.obj)
+
+    def _start_version(self, version: str, bundle: str, sha256: str) -> None:
+        """Start a model server for ``bundle`` and record it, with the model's digest."""
         record = procs.start_model_server(
-            spec.bundle,
+            bundle,
             name=self.name,
             version=version,
             run_dir=self.files.run_dir,
             avoid_ports=(self.router.port,),
         )
-        record = procs.ProcessRecord(
-            record.pid,
-            record.port,
-            record.started,
-            record.log,
-            {**(record.extra or {}), "sha256": spec.model_sha256},
-        )
-        record.save(self.files.record_path(version))
-        started.append(version)
-        write_json(self.files.object_path("Deployment", version), step.obj)
+        extra = {**(record.extra or {}), "sha256": sha256}
+        dataclasses.replace(record, extra=extra).save(self.files.record_path(version))
 
     def _wait_ready(self, version: str, replaced: dict[str, procs.ProcessRecord]) -> None:
         record = self.files.record(version)
@@ -476,7 +378,7 @@ class LocalEngine:
     def _write_clusters(self, rule: dict[str, Any]) -> None:
         clusters = xds.clusters(rule, self.files.ports())
         self.router.ensure_running()
-        self._sampler.start()
+        self.sampling.start()
         self.router.write_clusters(clusters)
 
     def _check_previous_routes(self, previous: list[dict[str, Any]] | None) -> None:
@@ -516,7 +418,7 @@ class LocalEngine:
                 "deploy the version first. Routing is unchanged"
             )
         self.router.ensure_running()
-        self._sampler.start()
+        self.sampling.start()
         self.router.write_routes(config)
         write_json(self.files.object_path("VirtualService"), vs)
         self.files.save_state(plan.state, plan.history)
@@ -537,13 +439,13 @@ class LocalEngine:
                 self.router.write_clusters([])
             self.files.object_path("DestinationRule").unlink(missing_ok=True)
         elif step.kind == "Service":
-            self._sampler.stop()
+            self.sampling.stop()
             self.router.stop()
             self.files.object_path("Service").unlink(missing_ok=True)
 
     def _remove_everything(self) -> None:
         """After a delete: stop any process left (even one no state knows) and drop the dir."""
-        self._sampler.stop()
+        self.sampling.stop()
         self.router.stop()
         for path in self.files.run_dir.glob("*.json"):
             procs.stop(procs.read_record(path))

@@ -10,8 +10,10 @@ is fsynced and renamed, so a crash never leaves half a file for the next process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +121,45 @@ class EndpointFiles:
                 f"{self.root} and deploy again"
             ) from exc
         return state, history
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the endpoint's lock: one plan at a time, across processes.
+
+        Example:
+            >>> with files.lock():  # doctest: +SKIP
+            ...     files.save_state(state, history)
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one process at a time is on the user
+            yield
+            return
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def router_port(self, requested: int | None) -> int:
+        """The router's port: the running Envoy's, else the one kept here, else ``requested``
+        or a free one (then kept, so the endpoint's address survives restarts).
+
+        Example:
+            >>> files.router_port(None)  # doctest: +SKIP
+            38121
+        """
+        path = self.root / "router-port"
+        running = procs.read_record(self.root / "envoy" / "envoy.json")
+        if procs.alive(running) and running is not None:
+            return running.port
+        with contextlib.suppress(OSError, ValueError):
+            kept = int(path.read_text())
+            if requested is None or requested == kept:
+                return kept
+        port = requested or procs.free_port()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(port))
+        return port

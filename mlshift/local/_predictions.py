@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 
 from mlshift._exceptions import MlshiftError
+from mlshift._prediction_stats import PredictionStats, parse_exposition, stats_delta
 from mlshift.local import _processes as procs
 from mlshift.local._files import EndpointFiles
 from mlshift.local._stats import append_line
-from mlshift.metrics._predictions import PredictionStats, parse_exposition, stats_delta
 
 __all__ = [
     "PREDICTION_INTERVAL_S",

@@ -2,8 +2,9 @@
 
 Every process (a version's ``model_server``, the endpoint's Envoy) is started in a session of
 its own, so it outlives the notebook that started it and a new Python process can reattach. A
-record (pid, port, start time) is kept as JSON in the endpoint's state directory; the start
-time read from ``/proc`` tells a live process from a stale record whose pid was reused. Output
+record (pid, port, creation time) is kept as JSON in the endpoint's state directory; the
+creation time psutil reports (epoch seconds, on Linux and macOS alike) tells a live
+process from a stale record whose pid was reused, and a zombie counts as exited. Output
 goes to a log file whose tail explains a process that would not start. Stopping sends SIGTERM
 (a model server drains in-flight requests), then SIGKILL.
 """
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from mlshift._exceptions import LocalModeError, NotReadyError
 
@@ -46,6 +48,9 @@ log = logging.getLogger("mlshift.local")
 # Popen objects of the processes this Python process started: kept so exited children are
 # reaped (no zombies that still look alive) and their exit codes can be reported.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# On Linux psutil adds the start in clock ticks (1/100 s) to the boot time, so reads of one
+# process agree to well within this; a pid is reused only once the kernel cycled through the rest.
+_SAME_PROCESS_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,10 @@ class ProcessRecord:
     pid: int
     port: int
     started: float | None
-    """Start time in clock ticks since boot (``/proc/<pid>/stat``), None where unknown."""
+    """When the process was created, epoch seconds (``psutil.Process.create_time()``).
+
+    With ``pid`` it names one process: a pid reused later has another creation time. None
+    where unknown (the process was gone before it could be read)."""
     log: str
     extra: Mapping[str, str | int] | None = None
 
@@ -81,35 +89,36 @@ def read_record(path: Path) -> ProcessRecord | None:
         return None
 
 
-def _start_time(pid: int) -> float | None:
-    """Start time of ``pid`` in clock ticks since boot, or None (no /proc, or no process)."""
+def _create_time(pid: int) -> float | None:
+    """When ``pid`` was created, epoch seconds, or None when it is gone or cannot be read."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    # The command name (field 2) may hold spaces and parentheses; fields after it are plain.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has exited; only its exit status is left
-        return None
-    return float(fields[19])
 
 
 def alive(record: ProcessRecord | None) -> bool:
-    """Tell whether the process of ``record`` still runs (and is the same process)."""
-    if record is None:
+    """Tell whether the process of ``record`` still runs (and is the same process).
+
+    Example:
+        >>> alive(read_record(run_dir / "v1.json"))  # doctest: +SKIP
+        True
+    """
+    if record is None or record.pid <= 0:
         return False
     child = _CHILDREN.get(record.pid)
     if child is not None and child.poll() is not None:
         return False
     try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(record.pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False  # it has exited; only its exit status is left
+            if record.started is None:
+                return True
+            return abs(proc.create_time() - record.started) < _SAME_PROCESS_S
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
         return False
-    except PermissionError:
-        return False  # someone else's process took the pid
-    if record.started is None or not Path("/proc").is_dir():
-        return True
-    return _start_time(record.pid) == record.started
 
 
 def exit_reason(record: ProcessRecord) -> str:
@@ -187,7 +196,7 @@ def spawn(
                 f"cannot start {cmd[0]!r}: {exc}; check that it exists and is executable"
             ) from exc
     _CHILDREN[proc.pid] = proc
-    record = ProcessRecord(proc.pid, port, _start_time(proc.pid), str(log_path), extra)
+    record = ProcessRecord(proc.pid, port, _create_time(proc.pid), str(log_path), extra)
     record.save(record_path)
     log.debug("started %s (pid %d, port %d)", cmd[0], proc.pid, port)
     return record

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -27,14 +26,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlshift.metrics._frame import Snapshot
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlshift._exceptions import MetricsUnavailableError
+from mlshift._frame import Snapshot
 
 __all__ = ["SampleStore", "Sampler", "append_line", "parse_prometheus", "stats_filter"]
 
 log = logging.getLogger("mlshift.local")
 
-_LINE = re.compile(r"^(envoy_cluster_upstream_rq_(?:xx|time_bucket))\{([^}]*)\}\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 _MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -52,10 +52,17 @@ def stats_filter(clusters: Iterable[str]) -> str:
 def parse_prometheus(text: str, clusters: Mapping[str, str], *, timestamp: float) -> list[Snapshot]:
     """Turn Envoy's ``/stats/prometheus`` text into one ``Snapshot`` per version.
 
+    Requests are ``envoy_cluster_upstream_rq_xx`` summed over response classes, errors its
+    class ``5``, and buckets the ``le`` samples of the ``envoy_cluster_upstream_rq_time``
+    histogram. Other stats and clusters not in ``clusters`` are skipped.
+
     Args:
-        text: the exposition text (only the lines of the upstream_rq stats are read).
-        clusters: ``{cluster name: version}``; versions with no line yet get zero counts.
+        text: the exposition text (only the samples of the upstream_rq stats are read).
+        clusters: ``{cluster name: version}``; versions with no sample yet get zero counts.
         timestamp: when the text was read, epoch seconds.
+
+    Raises:
+        MetricsUnavailableError: the text is not a Prometheus exposition.
 
     Example:
         >>> text = 'envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",' \\
@@ -66,23 +73,28 @@ def parse_prometheus(text: str, clusters: Mapping[str, str], *, timestamp: float
     requests: dict[str, float] = defaultdict(float)
     errors: dict[str, float] = defaultdict(float)
     buckets: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group(2)))
-        version = clusters.get(labels.get("envoy_cluster_name", ""))
-        if version is None:
-            continue
-        value = float(m.group(3))
-        if m.group(1) == "envoy_cluster_upstream_rq_xx":
-            requests[version] += value
-            if labels.get("envoy_response_code_class") == "5":
-                errors[version] += value
-        else:
-            le = labels.get("le", "")
-            bound = math.inf if le in ("+Inf", "Inf", "inf") else float(le)
-            buckets[version].append((bound, value))
+    try:
+        # The parser is lazy: malformed text raises while iterating, not when called.
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                version = clusters.get(sample.labels.get("envoy_cluster_name", ""))
+                if version is None:
+                    continue
+                value = float(sample.value)
+                # By family: under "# TYPE ... counter" the parser renames samples to ..._total.
+                if family.name == "envoy_cluster_upstream_rq_xx":
+                    requests[version] += value
+                    if sample.labels.get("envoy_response_code_class") == "5":
+                        errors[version] += value
+                elif sample.name == "envoy_cluster_upstream_rq_time_bucket":
+                    # float() reads Prometheus's "+Inf" as math.inf.
+                    buckets[version].append((float(sample.labels["le"]), value))
+    except (ValueError, KeyError) as exc:
+        raise MetricsUnavailableError(
+            f"Envoy's /stats/prometheus answer is not a Prometheus exposition"
+            f" ({type(exc).__name__}: {exc}); check that nothing else took the router's admin"
+            " port and read its log (envoy/envoy.log in the endpoint's state directory)"
+        ) from exc
     return [
         Snapshot(
             timestamp,

@@ -15,13 +15,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlshift._exceptions import BundleError
+from mlshift._exceptions import BundleError, InvalidArgumentError
 from mlshift._names import check_name
 from mlshift._state import VersionSpec
 from mlshift.local._engine import LocalEngine
 
 if TYPE_CHECKING:
-    from mlshift._bundle import BundleInfo
+    from mlshift._bundle_info import BundleInfo
 
 __all__ = ["HOME_ENV", "Local"]
 
@@ -51,6 +51,10 @@ class Local:
     """
 
     name = "local"
+    hosts: tuple[str, ...] = ()
+    """The local router answers on its own port only; no extra host names."""
+    gateways: tuple[str, ...] = ()
+    """No gateways: the endpoint's own Envoy is the only router."""
 
     def __init__(
         self,
@@ -61,7 +65,9 @@ class Local:
     ) -> None:
         self.home = Path(state_dir).expanduser() if state_dir is not None else default_home()
         if port is not None and not 1 <= int(port) <= 65535:
-            raise ValueError(f"port must be 1-65535, got {port!r}")
+            raise InvalidArgumentError(
+                f"port must be 1-65535, got {port!r}; pass a free port, or None to pick one"
+            )
         self.port = port
         self.envoy = str(envoy) if envoy is not None else None
 

@@ -24,9 +24,9 @@ import httpx
 import pandas as pd
 
 from mlshift._durations import parse_duration
-from mlshift._exceptions import MetricsUnavailableError
+from mlshift._exceptions import InvalidArgumentError, MetricsUnavailableError
+from mlshift._frame import empty_frame, normalize_frame
 from mlshift._names import check_name
-from mlshift.metrics._frame import empty_frame, normalize_frame
 
 __all__ = [
     "PrometheusClient",
@@ -158,7 +158,7 @@ class PrometheusClient:
                 f" {body.get('error', '')}; fix the PromQL or the time range"
             )
         try:
-            return _parse_result(body["data"])
+            return _parse_result(body["data"], where=where)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MetricsUnavailableError(
                 f"{where} answered HTTP {response.status_code} with JSON that is not a"
@@ -167,8 +167,13 @@ class PrometheusClient:
             ) from exc
 
 
-def _parse_result(data: Any) -> list[Series]:
-    """Series from the ``data`` member of a query answer; raises on anything malformed."""
+def _parse_result(data: Any, *, where: str = "Prometheus") -> list[Series]:
+    """Series from the ``data`` member of a query answer; raises on anything malformed.
+
+    A result type other than scalar, vector or matrix (``string``, or garbage) is
+    ``MetricsUnavailableError``: mlshift's queries never ask for one. Other malformed parts
+    raise ``KeyError``/``TypeError``/``ValueError``/``IndexError``, wrapped by the caller.
+    """
     kind, result = data["resultType"], data["result"]
     if kind == "scalar":
         return [Series({}, [(float(result[0]), float(result[1]))])]
@@ -182,7 +187,11 @@ def _parse_result(data: Any) -> list[Series]:
             Series(dict(item["metric"]), [(float(t), float(v)) for t, v in item["values"]])
             for item in result
         ]
-    raise ValueError(f"result type {kind!r} is not a vector, matrix or scalar")
+    raise MetricsUnavailableError(
+        f"{where} answered a result of type {kind!r}, not a vector, matrix or scalar; check"
+        " that prometheus_url points at Prometheus's HTTP API and that the query is PromQL"
+        " returning numbers"
+    )
 
 
 def _tidy(series: list[Series]) -> pd.DataFrame:
@@ -238,7 +247,7 @@ def query(
             return _tidy(prom.query(promql, time=end_s))
         start_s = _epoch(start) if start is not None else end_s - parse_duration(since or 0)
         if start_s > end_s:
-            raise ValueError(f"start ({start_s}) is after end ({end_s}); swap them")
+            raise InvalidArgumentError(f"start ({start_s}) is after end ({end_s}); swap them")
         span = end_s - start_s
         step_s = parse_duration(step, what="step") if step is not None else _auto_step(span)
         return _tidy(prom.query_range(promql, start=start_s, end=end_s, step=step_s))
@@ -337,7 +346,7 @@ def istio_metrics(
     """
     step_s = parse_duration(step, what="step")
     if step_s <= 0:
-        raise ValueError(f"step must be positive, got {step!r}; use e.g. '15s'")
+        raise InvalidArgumentError(f"step must be positive, got {step!r}; use e.g. '15s'")
     since_s = parse_duration(since, what="since")
     scrape_s = parse_duration(scrape_interval, what="scrape_interval")
     window_s = (

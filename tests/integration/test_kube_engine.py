@@ -3,9 +3,10 @@
 Covers the API flows with the official ``kubernetes`` client: first deploy, a second version,
 shift, promote, rollback with the history read back by a fresh engine (a second notebook),
 remove, delete, a readiness failure that leaves routing untouched, a foreign route kept
-across shifts, a 409 Conflict then success (and too many of them), and the order of writes
-as the emulator received them. Plans come from the real planner (``plan_change``), built
-the way the facade builds them; one test drives the facade itself.
+across shifts, a 409 Conflict then success through the facade's retry (and too many of
+them), and the order of writes as the emulator received them. Plans come from the real
+planner (``plan_change``), built the way the facade builds them; a few tests drive the
+facade itself.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import copy
 import dataclasses
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
 import yaml
 
+from mlshift._endpoint import Endpoint
 from mlshift._exceptions import (
     APIError,
     ConfigError,
@@ -27,6 +30,7 @@ from mlshift._exceptions import (
 )
 from mlshift._plan import plan_change, plan_delete
 from mlshift._state import EndpointState, HeaderRoute, Mirror, TrafficState, VersionSpec
+from mlshift._traffic import CONFLICT_DEADLINE_S
 from mlshift.kube import Kubernetes
 from mlshift.kube._engine import HISTORY_ANNOTATION, KubernetesEngine
 from tests.fixtures.kube import KubeEmulator
@@ -225,7 +229,9 @@ def test_conflict_then_success_keeps_the_other_writers_change(kube_emulator: Kub
     seen = kube_emulator.run(lambda: len(patches))
     kube_emulator.run(lambda: patches[seen : seen + 1] << 409 << conflict)  # the next one only
 
-    _route(engine, TrafficState({"v1": 70, "v2": 30}))
+    # The engine raises ConflictError at once; the facade (the one retry layer) re-reads the
+    # endpoint and writes again on top of the other writer's change.
+    Endpoint("churn", _target(kube_emulator)).shift({"v1": 70, "v2": 30})
 
     bodies = kube_emulator.patches("virtualservices")[-2:]
     assert [b["metadata"]["resourceVersion"] for b in bodies] == ["1", "2"]
@@ -241,9 +247,6 @@ def test_endless_conflicts_raise_conflict_error(kube_emulator: KubeEmulator) -> 
     engine = _target(kube_emulator).engine("churn")
     _deploy(engine, _spec("v1"))
     _deploy(engine, _spec("v2"))
-    engine = KubernetesEngine(
-        "churn", engine.api, dataclasses.replace(engine.settings, conflict_attempts=3)
-    )
     resource = kmock.resource("networking.istio.io", "v1", "virtualservices")
     handler = kube_emulator.kmock
 
@@ -259,9 +262,17 @@ def test_endless_conflicts_raise_conflict_error(kube_emulator: KubeEmulator) -> 
     kube_emulator.run(lambda: handler["patch", resource] << 409 << refuse)
     before = len(kube_emulator.patches("virtualservices"))
 
-    with pytest.raises(ConflictError, match="kept changing"):
-        _route(engine, TrafficState({"v1": 50, "v2": 50}))
-    assert len(kube_emulator.patches("virtualservices")) - before == 3
+    ep = Endpoint("churn", _target(kube_emulator))
+    started = time.monotonic()
+    with pytest.raises(ConflictError, match="keeps changing the routes"):
+        ep.shift({"v1": 50, "v2": 50})
+    took = time.monotonic() - started
+    tries = len(kube_emulator.patches("virtualservices")) - before
+    # One retry layer: the facade re-reads and retries until its deadline, no more (the
+    # engine used to retry 5 times inside each of the facade's 4 attempts).
+    assert tries >= 3
+    assert took < CONFLICT_DEADLINE_S + 1.5
+    assert _weights(kube_emulator) == {"v1": 100, "v2": 0}  # nothing half-applied
 
 
 def test_readiness_failure_names_the_reason_and_leaves_routing(kube_emulator: KubeEmulator) -> None:
@@ -347,7 +358,6 @@ def test_facade_flow_on_the_emulator(kube_emulator: KubeEmulator, tmp_path: Any)
     real HTTP to the emulator.
     """
     from mlshift._bundle import BundleInfo
-    from mlshift._endpoint import Endpoint
 
     class Prebuilt(Kubernetes):
         def prepare_version(
@@ -424,8 +434,6 @@ def test_dry_runs_need_no_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     """deploy, deploy, shift with dry_run=True, then render(): a canary's manifests, no API."""
     pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
-
-    from mlshift._endpoint import Endpoint
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "MLSHIFT_NAMESPACE"):
@@ -532,10 +540,10 @@ def test_409_from_a_managed_route_change_is_a_conflict(kube_emulator: KubeEmulat
     kube_emulator.run(lambda: patches[seen : seen + 1] << 409 << conflict)
     before = len(kube_emulator.patches("virtualservices"))
 
-    with pytest.raises(ConflictError, match="changed since they were read"):
+    with pytest.raises(ConflictError, match="changed while mlshift wrote its routes"):
         _route(engine, TrafficState({"v1": 70, "v2": 30}))
 
-    assert len(kube_emulator.patches("virtualservices")) - before == 1  # no second try
+    assert len(kube_emulator.patches("virtualservices")) - before == 1  # the facade retries
     assert _weights(kube_emulator) == {"v1": 50, "v2": 50}
 
 
@@ -660,7 +668,6 @@ def test_a_deployment_deleted_by_hand_can_be_routed_away_and_removed(
 ) -> None:
     """Someone ran ``kubectl delete deployment churn-v1``: no endless conflicts, a clear way out."""
     from mlshift._bundle import BundleInfo
-    from mlshift._endpoint import Endpoint
     from mlshift.kube._api import DEPLOYMENTS
 
     class Prebuilt(Kubernetes):

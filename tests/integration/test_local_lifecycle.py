@@ -6,7 +6,7 @@ health checks time out (no panic routing to the one failing host); ``delete`` le
 process and no state;
 a version that cannot start raises ``NotReadyError`` with its log and leaves nothing running;
 a busy router port is a clear ``LocalModeError``; endpoints get their own router ports; stale
-process records are told from live processes; ``metrics``/``prediction_metrics`` shapes;
+process records are told from live processes; ``metrics``/``predictions`` shapes;
 ``predictions(since=...)`` leaves out what was predicted before the window.
 """
 
@@ -192,9 +192,7 @@ def test_stale_record_is_not_alive(tmp_path: Path) -> None:
     assert not alive(dead)
 
 
-def test_metrics_frame_and_prediction_metrics(
-    mesh_factory: MeshFactory, local_bundle: Path
-) -> None:
+def test_metrics_frame_and_predictions(mesh_factory: MeshFactory, local_bundle: Path) -> None:
     mesh = mesh_factory("churn")
     mesh.deploy(local_bundle, "v1")
     assert mesh.state is not None
@@ -203,9 +201,9 @@ def test_metrics_frame_and_prediction_metrics(
     with httpx.Client(base_url=mesh.url, timeout=5.0, trust_env=False) as client:
         for _ in range(20):
             client.post("/v1/models/churn:predict", json={"instances": [[1.0, 2.0]]})
-    texts = mesh.engine.prediction_metrics(mesh.state, since=60.0)
-    assert set(texts) == {"v1"}
-    assert "# TYPE" in texts["v1"]
+    stats = mesh.engine.predictions(mesh.state, since=60.0)
+    assert [s.version for s in stats] == ["v1"]
+    assert stats[0].count == 20  # the local_bundle model predicts one value per row
 
 
 def test_predictions_before_the_window_are_left_out(

@@ -1,23 +1,32 @@
 """An in-memory engine and target: a real, tiny implementation of the engine seam.
 
 The facade is tested over it the way httpx tests plug a transport in; the real engines are
-tested against Envoy and the Kubernetes emulator in tests/integration/.
+tested against Envoy and the Kubernetes emulator in tests/integration/. mypy checks this
+module (pyproject's ``files``), so the fakes keep satisfying the whole ``Engine`` and
+``Target`` protocols: ``_conforms`` below fails the type check the day they drift.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from mlshift._bundle import BundleInfo
-from mlshift._engine import VersionStatus
-from mlshift._exceptions import ConflictError
+import pandas as pd
+
+from mlshift._bundle_info import BundleInfo
+from mlshift._engine import Capability, Engine, Target, VersionStatus
+from mlshift._exceptions import ConflictError, UnsupportedError
+from mlshift._frame import empty_frame
 from mlshift._plan import Plan
+from mlshift._prediction_stats import PredictionStats
 from mlshift._render import managed_routes
 from mlshift._state import EndpointState, TrafficState, VersionSpec
 
 
 class MemoryEngine:
+    """Keeps the applied state in memory; versions in ``down`` report not ready."""
+
     target = "memory"
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(self) -> None:
         self.state: EndpointState | None = None
@@ -52,9 +61,22 @@ class MemoryEngine:
     def url(self, state: EndpointState) -> str:
         return "http://127.0.0.1:1"
 
+    def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
+        return empty_frame()
+
+    def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
+        return []
+
+    def revive(self, state: EndpointState) -> list[str]:
+        raise UnsupportedError("the memory target has no processes to revive")
+
 
 class MemoryTarget:
+    """Hands out one ``MemoryEngine`` per endpoint; images are named, never built."""
+
     name = "memory"
+    hosts: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.engines: dict[str, MemoryEngine] = {}
@@ -69,3 +91,8 @@ class MemoryTarget:
         self, bundle: BundleInfo, endpoint: str, version: str, *, dry_run: bool = False
     ) -> VersionSpec:
         return VersionSpec(version, model_sha256=bundle.sha256, image=f"reg/{endpoint}:{version}")
+
+
+def _conforms(engine: MemoryEngine, target: MemoryTarget) -> tuple[Engine, Target]:
+    """A type check, never called: the fakes are a complete ``Engine`` and ``Target``."""
+    return engine, target

@@ -57,7 +57,7 @@ class ScriptedTarget(MemoryTarget):
 
 
 def _ep(frames: list[pd.DataFrame], models: list[Any]) -> mlshift.Endpoint:
-    ep = mlshift.Endpoint("churn", ScriptedTarget(frames))  # type: ignore[arg-type]
+    ep = mlshift.Endpoint("churn", ScriptedTarget(frames))
     ep.deploy(models[0], "v1")
     ep.deploy(models[1], "v2")
     return ep

@@ -7,6 +7,7 @@ against Envoy and the Kubernetes emulator in tests/integration/.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,18 @@ import pytest
 
 import mlshift
 from mlshift._plan import Plan
-from tests.unit.memory import MemoryTarget
+from tests.unit.memory import MemoryEngine, MemoryTarget
+
+
+def _memory(ep: mlshift.Endpoint) -> MemoryEngine:
+    engine = ep.engine
+    assert isinstance(engine, MemoryEngine)
+    return engine
 
 
 @pytest.fixture
 def ep(models: list[Any]) -> mlshift.Endpoint:
-    ep = mlshift.endpoint("churn", target=MemoryTarget())  # type: ignore[arg-type]
+    ep = mlshift.endpoint("churn", target=MemoryTarget())
     ep.deploy(models[0], "v1")
     ep.deploy(models[1], "v2")
     return ep
@@ -39,16 +46,16 @@ def test_shift_forms(ep: mlshift.Endpoint, models: list[Any]) -> None:
 
 
 def test_invalid_weights_change_nothing(ep: mlshift.Endpoint) -> None:
-    engine = ep.engine
-    before = len(engine.plans)  # type: ignore[attr-defined]
+    engine = _memory(ep)
+    before = len(engine.plans)
     with pytest.raises(mlshift.InvalidWeightsError, match="sum to 110"):
         ep.shift({"v1": 100, "v2": 10})
     with pytest.raises(mlshift.InvalidWeightsError, match="'v9'"):
         ep.shift({"v9": 100})
-    engine.down.add("v2")  # type: ignore[attr-defined]
+    engine.down.add("v2")
     with pytest.raises(mlshift.InvalidWeightsError, match="not ready"):
         ep.shift({"v1": 50, "v2": 50})
-    assert len(engine.plans) == before  # type: ignore[attr-defined]
+    assert len(engine.plans) == before
     assert ep.weights == {"v1": 100, "v2": 0}
 
 
@@ -66,7 +73,7 @@ def test_rollback_walks_back_through_history(ep: mlshift.Endpoint) -> None:
 
 
 def test_rollback_without_history_says_what_to_do(models: list[Any]) -> None:
-    ep = mlshift.endpoint("fresh", target=MemoryTarget())  # type: ignore[arg-type]
+    ep = mlshift.endpoint("fresh", target=MemoryTarget())
     ep.deploy(models[0], "v1")
     with pytest.raises(mlshift.InvalidWeightsError, match="rollback\\(to="):
         ep.rollback()
@@ -92,7 +99,7 @@ def test_redeploying_a_name_with_another_model_is_refused(
 
 def test_dry_run_builds_state_in_memory_and_returns_the_plan(models: list[Any]) -> None:
     target = MemoryTarget()
-    ep = mlshift.Endpoint("churn", target)  # type: ignore[arg-type]
+    ep = mlshift.Endpoint("churn", target)
     p1 = ep.deploy(models[0], "v1", dry_run=True)
     p2 = ep.deploy(models[1], "v2", dry_run=True)
     p3 = ep.shift({"v1": 90, "v2": 10}, dry_run=True)
@@ -105,7 +112,7 @@ def test_dry_run_builds_state_in_memory_and_returns_the_plan(models: list[Any]) 
 
 
 def test_module_level_deploy_uses_the_current_endpoint(models: list[Any], tmp_path: Path) -> None:
-    ep = mlshift.endpoint("other", target=MemoryTarget())  # type: ignore[arg-type]
+    ep = mlshift.endpoint("other", target=MemoryTarget())
     assert mlshift.current() is ep
     version = mlshift.deploy(models[0], "v1")
     assert isinstance(version, mlshift.Version) and ep.weights == {"v1": 100}
@@ -150,7 +157,7 @@ def test_kubernetes_dry_run_needs_no_cluster_and_binds_the_gateway(
 
 
 def test_rollback_skips_splits_that_route_as_now(models: list[Any]) -> None:
-    ep = mlshift.Endpoint("churn", MemoryTarget())  # type: ignore[arg-type]
+    ep = mlshift.Endpoint("churn", MemoryTarget())
     ep.deploy(models[0], "v1")
     ep.shift({"v1": 100})  # nothing changes: no history entry
     ep.deploy(models[1], "v2")
@@ -201,24 +208,24 @@ def test_a_dry_run_never_changes_what_is_shown_as_applied(ep: mlshift.Endpoint) 
 
 def test_a_concurrent_change_is_built_upon_not_overwritten(ep: mlshift.Endpoint) -> None:
     other = mlshift.Endpoint("churn", ep.target)
-    engine = ep.engine
-    engine.meanwhile = lambda: other.route_header("x-team", "a", "v2")  # type: ignore[attr-defined]
+    engine = _memory(ep)
+    engine.meanwhile = lambda: other.route_header("x-team", "a", "v2")
     ep.shift("v2", 30)
-    state = engine.state  # type: ignore[attr-defined]
+    state = engine.state
     assert dict(state.traffic.weights) == {"v1": 70, "v2": 30}
     assert [h.header for h in state.traffic.headers] == ["x-team"]  # the other change survived
 
 
 def test_endless_conflicts_give_up_with_conflict_error(ep: mlshift.Endpoint) -> None:
     other = mlshift.Endpoint("churn", ep.target)
-    engine = ep.engine
-    weights = iter([10, 20, 30, 40, 50, 60])
+    engine = _memory(ep)
+    weights = itertools.cycle([10, 20, 30, 40, 50, 60])  # until the retry deadline
 
     def keep_changing() -> None:
         other.shift("v2", next(weights))
-        engine.meanwhile = keep_changing  # type: ignore[attr-defined]
+        engine.meanwhile = keep_changing
 
-    engine.meanwhile = keep_changing  # type: ignore[attr-defined]
+    engine.meanwhile = keep_changing
     with pytest.raises(mlshift.ConflictError):
         ep.shift({"v1": 0, "v2": 100})
-    engine.meanwhile = None  # type: ignore[attr-defined]
+    engine.meanwhile = None

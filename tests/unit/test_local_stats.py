@@ -2,10 +2,11 @@
 (mlshift.local._predictions), pure but for files in a temp dir.
 
 Covers: response classes summed into requests, 5xx into errors, the upstream_rq_time buckets
-(with +Inf) per version, versions without any line yet, other clusters ignored, and the
-admin filter regex; prediction samples diffed over a window (baseline: newest sample of the
-same process at or before the start; none: counters since start), versions idle in the window
-left out, the prediction store's round trip and its bounded size.
+(with +Inf) per version, versions without any line yet, other clusters ignored, text captured
+from a real Envoy, text that is not an exposition, and the admin filter regex; prediction
+samples diffed over a window (baseline: newest sample of the same process at or before the
+start; none: counters since start), versions idle in the window left out, the prediction
+store's round trip and its bounded size.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import math
 import re
 from pathlib import Path
 
+import pytest
+
+from mlshift._exceptions import MetricsUnavailableError
 from mlshift.local._predictions import PredictionSample, PredictionStore, window
 from mlshift.local._stats import append_line, parse_prometheus, stats_filter
 from mlshift.metrics import PredictionStats, frame_from_snapshots
@@ -32,12 +36,70 @@ envoy_cluster_upstream_rq_time_count{envoy_cluster_name="churn_v1"} 100
 """
 CLUSTERS = {"churn_v1": "v1", "churn_v2": "v2"}
 
+# Envoy 1.40's /stats/prometheus with stats_filter(...) after 9 + 1 (500) requests to churn_v1,
+# 3 to churn_v2 and 1 to other_v1, with mlshift's bucket settings; buckets from 3 to 30000 ms
+# left out to keep it short. Envoy prints one TYPE line per stat, its samples grouped under it.
+ENVOY_TEXT = """\
+# TYPE envoy_cluster_upstream_rq_xx counter
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="churn_v1"} 9
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",envoy_cluster_name="churn_v1"} 1
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="churn_v2"} 3
+envoy_cluster_upstream_rq_xx{envoy_response_code_class="2",envoy_cluster_name="other_v1"} 1
+# TYPE envoy_cluster_upstream_rq_time histogram
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v1",le="0.5"} 7
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v1",le="1"} 10
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v1",le="2"} 10
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v1",le="60000"} 10
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v1",le="+Inf"} 10
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="churn_v1"} 3.1428571428571432377907513000537
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="churn_v1"} 10
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v2",le="0.5"} 1
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v2",le="1"} 2
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v2",le="2"} 3
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v2",le="60000"} 3
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v2",le="+Inf"} 3
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="churn_v2"} 2.5
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="churn_v2"} 3
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="other_v1",le="0.5"} 0
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="other_v1",le="1"} 1
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="other_v1",le="2"} 1
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="other_v1",le="60000"} 1
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="other_v1",le="+Inf"} 1
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="other_v1"} 1.0476190476190476719153821250075
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="other_v1"} 1
+
+"""
+
 
 def test_counts_and_buckets_per_version() -> None:
     v1, v2 = parse_prometheus(TEXT, CLUSTERS, timestamp=10.0)
     assert (v1.version, v1.timestamp, v1.requests, v1.errors) == ("v1", 10.0, 100.0, 10.0)
     assert v1.buckets == ((1.0, 50.0), (2.0, 99.0), (math.inf, 100.0))
     assert (v2.version, v2.requests, v2.errors, v2.buckets) == ("v2", 0.0, 0.0, ())
+
+
+def test_text_captured_from_envoy() -> None:
+    clusters = {"churn_v1": "v1", "churn_v2": "v2", "churn_v3": "v3"}
+    v1, v2, v3 = parse_prometheus(ENVOY_TEXT, clusters, timestamp=5.0)
+    inf = math.inf
+    assert (v1.requests, v1.errors) == (10.0, 1.0)
+    assert v1.buckets == ((0.5, 7.0), (1.0, 10.0), (2.0, 10.0), (60000.0, 10.0), (inf, 10.0))
+    assert (v2.requests, v2.errors) == (3.0, 0.0)
+    assert v2.buckets == ((0.5, 1.0), (1.0, 2.0), (2.0, 3.0), (60000.0, 3.0), (inf, 3.0))
+    assert (v3.version, v3.requests, v3.errors, v3.buckets) == ("v3", 0.0, 0.0, ())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<html><body>404 page not found</body></html>\n",
+        'envoy_cluster_upstream_rq_xx{envoy_cluster_name="churn_v1"} many\n',
+        'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="churn_v1"} 3\n',
+    ],
+)
+def test_text_that_is_not_an_exposition_is_metrics_unavailable(text: str) -> None:
+    with pytest.raises(MetricsUnavailableError, match="not a Prometheus exposition"):
+        parse_prometheus(text, CLUSTERS, timestamp=0.0)
 
 
 def test_snapshots_diff_into_the_frame() -> None:

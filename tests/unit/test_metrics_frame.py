@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from mlshift._frame import normalize_frame
 from mlshift.metrics import (
     FRAME_COLUMNS,
     Snapshot,
@@ -14,7 +15,6 @@ from mlshift.metrics import (
     frame_from_snapshots,
     histogram_quantile,
 )
-from mlshift.metrics._frame import normalize_frame
 
 INF = math.inf
 BOUNDS = (5.0, 10.0, 25.0, 50.0, INF)

@@ -7,19 +7,19 @@ import math
 import pytest
 
 from mlshift import InvalidNameError, MetricsUnavailableError
+from mlshift._prediction_stats import (
+    CLASSIFIER_COLUMNS,
+    REGRESSOR_COLUMNS,
+    psi,
+    total_variation,
+)
 from mlshift.metrics import (
     PredictionStats,
     parse_exposition,
     predictions_frame,
     stats_delta,
 )
-from mlshift.metrics._predictions import (
-    CLASSIFIER_COLUMNS,
-    REGRESSOR_COLUMNS,
-    _matchers,
-    psi,
-    total_variation,
-)
+from mlshift.metrics._predictions import _matchers
 
 INF = math.inf
 

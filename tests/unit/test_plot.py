@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from mlshift import ConfigError, plot
 from mlshift._colors import version_color
+from mlshift._frame import normalize_frame
 from mlshift.metrics import PredictionStats, empty_frame, predictions_frame
-from mlshift.metrics._frame import normalize_frame
 
 
 def metrics_df(versions: tuple[str, ...] = ("v1", "v2")) -> pd.DataFrame:

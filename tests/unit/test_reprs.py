@@ -16,27 +16,27 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import mlshift
-from mlshift._bundle import BundleInfo
+from mlshift._bundle_info import BundleInfo
 from mlshift._colors import version_color
 from mlshift._engine import VersionStatus
-from mlshift._plan import Plan
-from mlshift._state import EndpointState, TrafficState, VersionSpec
+from mlshift._state import EndpointState, VersionSpec
+from tests.unit.memory import MemoryEngine, MemoryTarget
 
 SCRIPT = "<script>alert('x')</script>"
 
 
-class OfflineTarget:
+class OfflineTarget(MemoryTarget):
+    """A target whose cluster cannot be reached: every ``engine()`` call is counted."""
+
     name = "offline"
 
     def __init__(self) -> None:
+        super().__init__()
         self.engine_calls = 0
 
-    def engine(self, endpoint: str) -> object:
+    def engine(self, endpoint: str) -> MemoryEngine:
         self.engine_calls += 1
         raise mlshift.ConfigError("no cluster here; reprs must not ask for one")
-
-    def namespace(self) -> str:
-        return "ml"
 
     def prepare_version(
         self, bundle: BundleInfo, endpoint: str, version: str, *, dry_run: bool = False
@@ -45,18 +45,8 @@ class OfflineTarget:
         return VersionSpec(version, model_sha256=bundle.sha256, image=image)
 
 
-class HostileEngine:
-    target = "hostile"
-
-    def __init__(self) -> None:
-        self.state: EndpointState | None = None
-        self.history: tuple[TrafficState, ...] = ()
-
-    def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
-        return None if self.state is None else (self.state, self.history)
-
-    def execute(self, plan: Plan) -> None:
-        self.state, self.history = plan.state, plan.history
+class HostileEngine(MemoryEngine):
+    """Reports every version but v1 not ready, with markup in the reason."""
 
     def status(self, state: EndpointState) -> dict[str, VersionStatus]:
         return {
@@ -97,7 +87,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[BundleInfo]:
 @pytest.fixture
 def offline(bundles: list[BundleInfo]) -> tuple[mlshift.Endpoint, OfflineTarget]:
     target = OfflineTarget()
-    ep = mlshift.Endpoint("churn", target)  # type: ignore[arg-type]
+    ep = mlshift.Endpoint("churn", target)
     ep.deploy(bundles[0], "v1", dry_run=True)
     ep.deploy(bundles[1], "v2", dry_run=True)
     ep.shift({"v1": 90, "v2": 10}, dry_run=True)
@@ -128,13 +118,13 @@ def test_weight_bars_are_drawn_in_each_version_colour(
 
 
 def test_an_endpoint_with_no_versions_says_so() -> None:
-    ep = mlshift.Endpoint("empty", OfflineTarget())  # type: ignore[arg-type]
+    ep = mlshift.Endpoint("empty", OfflineTarget())
     assert repr(ep) == "<Endpoint empty on offline: no versions>"
     assert "no versions deployed" in ep._repr_html_()
 
 
 def test_reasons_and_images_are_escaped(bundles: list[BundleInfo]) -> None:
-    ep = mlshift.Endpoint("churn", HostileTarget())  # type: ignore[arg-type]
+    ep = mlshift.Endpoint("churn", HostileTarget())
     ep.deploy(bundles[0], "v1")
     ep.deploy(bundles[1], "v2")
     ep.status()

@@ -9,6 +9,7 @@ mesh.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -19,21 +20,21 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import mlshift
-from mlshift._bundle import BundleInfo
+from mlshift._bundle_info import BundleInfo
 from mlshift._engine import VersionStatus
 from mlshift._plan import Plan
-from mlshift._state import EndpointState, TrafficState, VersionSpec
+from mlshift._prediction_stats import PredictionStats
+from mlshift._state import EndpointState, VersionSpec
 from mlshift._widgets import TrafficSlider, traffic_slider
 from mlshift.metrics import empty_frame
+from tests.unit.memory import MemoryEngine, MemoryTarget
 
 
-class SwitchEngine:
-    target = "memory"
+class SwitchEngine(MemoryEngine):
+    """A ``MemoryEngine`` whose router can refuse changes and whose reads can be held."""
 
     def __init__(self) -> None:
-        self.state: EndpointState | None = None
-        self.history: tuple[TrafficState, ...] = ()
-        self.down: set[str] = set()
+        super().__init__()
         self.refuse_routes = ""
         self.refusal: type[mlshift.RoutingError] = mlshift.RoutingError
         self.metric_reads = 0
@@ -41,37 +42,25 @@ class SwitchEngine:
         self.held = "metrics"
         self.entered = threading.Event()
 
-    def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
-        return None if self.state is None else (self.state, self.history)
-
     def execute(self, plan: Plan) -> None:
         if self.refuse_routes and any(s.action == "patch-routes" for s in plan.steps):
             raise self.refusal(self.refuse_routes)
-        deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
-        self.state, self.history = (None, ()) if deleting else (plan.state, plan.history)
+        super().execute(plan)
 
     def status(self, state: EndpointState) -> dict[str, VersionStatus]:
         return {
-            v: VersionStatus(
-                v,
-                v not in self.down,
-                int(state.traffic.weights.get(v, 0)),
-                reason="process exited (code -9)" if v in self.down else "",
-            )
-            for v in state.version_names
+            v: dataclasses.replace(s, reason="process exited (code -9)" if v in self.down else "")
+            for v, s in super().status(state).items()
         }
-
-    def url(self, state: EndpointState) -> str:
-        return "http://127.0.0.1:1"
 
     def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
         self.metric_reads += 1
         self._wait("metrics")
         return empty_frame()
 
-    def prediction_metrics(self, state: EndpointState, *, since: float) -> dict[str, str]:
+    def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         self._wait("predictions")
-        return {}
+        return []
 
     def _wait(self, read: str) -> None:
         if self.hold is not None and self.held == read:
@@ -79,17 +68,11 @@ class SwitchEngine:
             self.hold.wait(timeout=30)  # the bound only keeps a broken test from hanging
 
 
-class SwitchTarget:
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.engines: dict[str, SwitchEngine] = {}
-
+class SwitchTarget(MemoryTarget):
     def engine(self, endpoint: str) -> SwitchEngine:
-        return self.engines.setdefault(endpoint, SwitchEngine())
-
-    def namespace(self) -> str:
-        return "ml"
+        engine = self.engines.setdefault(endpoint, SwitchEngine())
+        assert isinstance(engine, SwitchEngine)
+        return engine
 
     def prepare_version(
         self, bundle: BundleInfo, endpoint: str, version: str, *, dry_run: bool = False

@@ -1,0 +1,327 @@
+"""The reading half of the facade: an endpoint as seen, and the verbs that only watch it.
+
+``EndpointReader`` owns what every endpoint handle has (its name, target and engine, and
+the one cache of what was last read) and the verbs that read: ``status``, ``history``,
+``render``, ``metrics``, ``predictions``, ``plot`` and requests through the router
+(``predict``, ``send``). ``Endpoint`` (``mlshift._endpoint``) adds the verbs that change
+things. Each verb goes straight to the target's engine (``mlshift._engine.Engine``).
+
+The cache has two parts, each a ``Seen`` (state, history, status): ``_applied``, what the
+target last said is applied, and ``_planned``, what dry runs built on top of it in memory.
+Properties and reprs read the cache only (no I/O): they show the applied state, or the
+plan while nothing is applied; ``render()`` shows the plan when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mlshift._display import Version, YAMLText, version_table
+from mlshift._durations import parse_duration
+from mlshift._exceptions import APIError, ConfigError, UnknownVersionError
+from mlshift._names import check_name
+from mlshift._render import render
+from mlshift._state import EndpointState, TrafficState
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlshift._client import TrafficRun
+    from mlshift._engine import Engine, Target, VersionStatus
+
+__all__ = ["EndpointReader", "Seen"]
+
+log = logging.getLogger("mlshift")
+STATUS_COLUMNS = ["version", "weight", "ready", "reason", "replicas", "ready_replicas", "address"]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One reading of an endpoint: its state (None: nothing deployed), history and status."""
+
+    state: EndpointState | None = None
+    history: tuple[TrafficState, ...] = ()
+    status: Mapping[str, VersionStatus] = field(default_factory=dict)
+
+
+class EndpointReader:
+    """An endpoint's name, target and cached state, and the verbs that read it.
+
+    Use ``mlshift.endpoint(name)`` (an ``Endpoint``, which adds the changing verbs).
+
+    Example:
+        >>> ep = mlshift.endpoint("churn")  # doctest: +SKIP
+        >>> ep.metrics(since="2m")  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, target: Target | None = None) -> None:
+        self.name = check_name(name, kind="endpoint name")
+        if target is None:
+            from mlshift.local import Local
+
+            target = Local()
+        self.target: Target = target
+        self._engine: Engine | None = None
+        self._applied = Seen()
+        self._planned: Seen | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The target's engine for this endpoint (created on first use)."""
+        if self._engine is None:
+            self._engine = self.target.engine(self.name)
+        return self._engine
+
+    @property
+    def _state(self) -> EndpointState | None:
+        """The applied state as last read."""
+        return self._applied.state
+
+    # -- reading the target ------------------------------------------------------------------
+
+    def _load(self) -> EndpointState | None:
+        """Read the applied state and history from the target (status is kept as last asked)."""
+        loaded = self.engine.load(self.name)
+        state, history = loaded if loaded is not None else (None, ())
+        self._applied = Seen(state, history, self._applied.status)
+        return state
+
+    def _base(self, *, dry_run: bool) -> Seen:
+        """What a change builds on: the live state; in a dry run, earlier dry runs first, and
+        the cache when the target cannot be reached (dry runs need no cluster)."""
+        if dry_run and self._planned is not None:
+            return self._planned
+        try:
+            self._load()
+        except (ConfigError, APIError) as exc:
+            if not dry_run:
+                raise
+            log.info("dry run without a reachable target (%s); planning from memory", exc)
+        return self._applied
+
+    def _existing(self, version: str | None, *, dry_run: bool) -> Seen:
+        """Read what a change builds on; check there are versions, and ``version`` among them."""
+        seen = self._base(dry_run=dry_run)
+        if seen.state is None or not seen.state.versions:
+            raise UnknownVersionError(
+                f"endpoint {self.name!r} has no versions yet; deploy one with"
+                " ep.deploy(model, 'v1')"
+            )
+        if version is not None:
+            self._known(seen.state, version)
+        return seen
+
+    def _known(self, state: EndpointState, version: str) -> None:
+        if state.version(version) is None:
+            raise UnknownVersionError(
+                f"endpoint {self.name!r} has no version {version!r}; it has "
+                f"{', '.join(state.version_names)}"
+            )
+
+    def _readable(self) -> EndpointState | None:
+        """The state to read metrics for; without the target's API (metrics need only
+        Prometheus on a cluster) the cached state, or just the endpoint's name."""
+        try:
+            return self._load()
+        except (ConfigError, APIError) as exc:
+            log.info("reading metrics without the target's API (%s)", exc)
+            return self._state or EndpointState(self.name, namespace=self.target.namespace())
+
+    def _shown(self) -> tuple[EndpointState | None, bool]:
+        """What reprs and properties show: the applied state, else the dry-run plan."""
+        if self._applied.state is None and self._planned is not None:
+            return self._planned.state, True
+        return self._applied.state, False
+
+    # -- properties (no I/O) -----------------------------------------------------------------
+
+    @property
+    def versions(self) -> dict[str, Version]:
+        """The versions as last seen, by name (no I/O); before anything is applied, as planned
+        by dry runs.
+
+        Example:
+            >>> ep.versions["v2"]  # doctest: +SKIP
+            <Version v2 10% ready>
+        """
+        state, _ = self._shown()
+        if state is None:
+            return {}
+        status = self._applied.status
+        out = {}
+        for spec in state.versions:
+            st = status.get(spec.name)
+            out[spec.name] = Version(
+                name=spec.name,
+                weight=int(state.traffic.weights.get(spec.name, 0)),
+                ready=st.ready if st else None,
+                model_sha256=spec.model_sha256,
+                image=spec.image,
+                bundle=spec.bundle,
+                reason=st.reason if st else "",
+            )
+        return out
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """The traffic weights as last seen (no I/O); before anything is applied, as planned.
+
+        Example:
+            >>> ep.weights  # doctest: +SKIP
+            {'v1': 90, 'v2': 10}
+        """
+        state, _ = self._shown()
+        return dict(state.traffic.weights) if state else {}
+
+    @property
+    def url(self) -> str:
+        """The address requests to this endpoint go to (read once, then cached).
+
+        Example:
+            >>> ep.url  # doctest: +SKIP
+            'http://127.0.0.1:38121'
+        """
+        state = self._state or self._existing(None, dry_run=False).state
+        assert state is not None  # _existing raised otherwise
+        return self.engine.url(state)
+
+    # -- reading verbs -----------------------------------------------------------------------
+
+    def status(self) -> pd.DataFrame:
+        """Ask the target how every version is doing: weight, readiness and why not.
+
+        Example:
+            >>> ep.status()  # doctest: +SKIP
+                weight  ready reason
+            v1      90   True
+        """
+        import pandas as pd
+
+        state = self._load()
+        status = self.engine.status(state) if state else {}
+        self._applied = dataclasses.replace(self._applied, status=status)
+        rows = [dataclasses.asdict(s) for s in status.values()]
+        return pd.DataFrame(rows, columns=STATUS_COLUMNS).set_index("version")
+
+    def history(self) -> list[dict[str, int]]:
+        """Past traffic weights, oldest first (what ``rollback()`` returns to).
+
+        Example:
+            >>> ep.history()  # doctest: +SKIP
+            [{'v1': 100}, {'v1': 90, 'v2': 10}]
+        """
+        self._load()
+        return [dict(t.weights) for t in self._applied.history]
+
+    def render(self) -> YAMLText:
+        """Return the endpoint's Kubernetes and Istio objects as multi-document YAML.
+
+        Works without a cluster after dry-run deploys. Example:
+            >>> print(ep.render())  # doctest: +SKIP
+        """
+        seen = self._planned or (self._applied if self._state else self._base(dry_run=True))
+        if seen.state is None:
+            raise UnknownVersionError(
+                f"endpoint {self.name!r} has no versions to render; deploy one (dry_run=True works)"
+            )
+        return YAMLText(render(seen.state).to_yaml())
+
+    def metrics(self, since: str | float = "5m", step: str | float = "10s") -> pd.DataFrame:
+        """Per-version request rate, errors and latency: one row per (time, version).
+
+        Columns: timestamp, version, requests, rps, errors, error_rate, p50_ms, p95_ms,
+        p99_ms, share. No traffic gives an empty frame (or NaN), never an error.
+
+        Example:
+            >>> ep.metrics(since="2m")  # doctest: +SKIP
+        """
+        seconds = parse_duration(since, what="since")
+        resolution = parse_duration(step, what="step")
+        state = self._readable()
+        if state is None:
+            from mlshift._frame import empty_frame
+
+            return empty_frame()
+        return self.engine.metrics(state, since=seconds, step=resolution)
+
+    def predictions(self, since: str | float = "15m") -> pd.DataFrame:
+        """What each version predicts: class shares (or quantiles) and divergence from stable.
+
+        ``divergence`` compares each version with the one carrying the most traffic: total
+        variation distance for classifiers, PSI for regressors. Counts cover the last
+        ``since``: locally from samples of the servers' own ``/metrics``, on Kubernetes from
+        Prometheus (series labelled with the pod's ``namespace``, as Istio's Prometheus
+        scrape configuration does).
+
+        Example:
+            >>> ep.predictions(since="10m")  # doctest: +SKIP
+        """
+        from mlshift._prediction_stats import predictions_frame
+
+        seconds = parse_duration(since, what="since")
+        state = self._readable()
+        if state is None:
+            return predictions_frame([])
+        stats = self.engine.predictions(state, since=seconds)
+        weights = state.traffic.weights
+        stable = max(weights, key=lambda v: weights[v]) if weights else None
+        return predictions_frame(stats, stable=stable)
+
+    def predict(self, data: Any, *, timeout: float = 30.0) -> pd.DataFrame:
+        """Send ``data`` through the router; the frame says which version answered.
+
+        Example:
+            >>> ep.predict(X_test[:3])  # doctest: +SKIP
+        """
+        from mlshift._client import predict
+
+        frame: pd.DataFrame = predict(self.url, self.name, data, timeout=timeout)
+        return frame
+
+    def send(
+        self, data: Any, *, rps: float = 20, duration: str | float = "30s", concurrency: int = 16
+    ) -> TrafficRun:
+        """Send single rows of ``data`` at ``rps`` in the background for ``duration``.
+
+        Example:
+            >>> run = ep.send(X_test, rps=50, duration="30s")  # doctest: +SKIP
+        """
+        from mlshift._client import TrafficRun
+
+        seconds = parse_duration(duration, what="duration")
+        return TrafficRun(
+            self.url, self.name, data, rps=rps, duration=seconds, concurrency=concurrency
+        )
+
+    def plot(
+        self, since: str | float = "5m", *, step: str | float = "10s", predictions: bool = False
+    ) -> Any:
+        """One matplotlib Figure: traffic share, error rate and p99 latency per version.
+
+        ``predictions=True`` adds a panel of what each version predicts.
+
+        Example:
+            >>> ep.plot(since="10m")  # doctest: +SKIP
+        """
+        # A lazy shim: the face (mlshift.plot) sits above the facade and loads matplotlib.
+        from mlshift.plot import dashboard
+
+        frame = self.metrics(since=since, step=step)
+        preds = self.predictions(since=since) if predictions else None
+        return dashboard(frame, predictions=preds, title=f"{self.name} ({self.target.name})")
+
+    # -- display -----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        weights = ", ".join(f"{v}={w}" for v, w in self.weights.items())
+        planned = " (dry run)" if self._shown()[1] else ""
+        return f"<Endpoint {self.name} on {self.target.name}{planned}: {weights or 'no versions'}>"
+
+    def _repr_html_(self) -> str:
+        planned = ", dry run: planned, not applied" if self._shown()[1] else ""
+        title = f"{self.name} ({self.target.name}{planned})"
+        return version_table(list(self.versions.values()), title)

@@ -1,0 +1,135 @@
+"""What the local mesh measures: Envoy's per-version stats and the servers' prediction counters.
+
+``MeshSampling`` owns an endpoint's two sample files (``metrics.jsonl`` from Envoy's
+``/stats/prometheus``, ``predictions.jsonl`` from each model server's ``/metrics``), the
+daemon thread that samples them while a Python process is attached, and the two reads the
+engine answers with: the metrics frame (``mlshift._frame``) and prediction counters over a
+window (``mlshift._prediction_stats``). Parsing and storage are in ``_stats`` and
+``_predictions``; this module only decides when to sample and what to read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from mlshift._exceptions import MlshiftError
+from mlshift._frame import frame_from_snapshots
+from mlshift.local import _xds as xds
+from mlshift.local._files import EndpointFiles, read_json
+from mlshift.local._predictions import (
+    PREDICTION_INTERVAL_S,
+    PredictionStore,
+    read_samples,
+    server_metrics,
+    window,
+)
+from mlshift.local._stats import Sampler, SampleStore, parse_prometheus, stats_filter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlshift._prediction_stats import PredictionStats
+    from mlshift._state import EndpointState
+    from mlshift.local._envoy import Router
+
+__all__ = ["MeshSampling"]
+
+
+class MeshSampling:
+    """Samples one endpoint's Envoy stats every second and its predictions every few seconds.
+
+    Args:
+        name: the endpoint.
+        files: the endpoint's state directory.
+        router: returns the endpoint's Envoy (created lazily by the engine).
+        http: the client used to read the model servers' ``/metrics``.
+
+    Example:
+        >>> sampling = MeshSampling("churn", files, lambda: router, client)  # doctest: +SKIP
+        >>> sampling.metrics(state, since=120.0, step=10.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, name: str, files: EndpointFiles, router: Callable[[], Router], http: httpx.Client
+    ) -> None:
+        self.name = name
+        self.files = files
+        self._router = router
+        self._http = http
+        self.samples = SampleStore(files.root / "metrics.jsonl")
+        self.prediction_samples = PredictionStore(files.root / "predictions.jsonl")
+        self._predictions_due = 0.0
+        self._thread = Sampler(self._tick, interval_s=1.0)
+
+    def start(self) -> None:
+        """Start the sampling thread (no-op while it runs)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the sampling thread."""
+        self._thread.stop()
+
+    def sample(self) -> None:
+        """Read Envoy's per-version stats once and append them to the sample store."""
+        router = self._router()
+        if not router.running():
+            return
+        data = read_json(self.files.root / "state.json")
+        if not data:
+            return
+        versions = [str(v["name"]) for v in data["state"].get("versions") or ()]
+        if not versions:
+            return
+        clusters = {xds.cluster_name(self.name, v): v for v in versions}
+        text = router.get("/stats/prometheus", filter=stats_filter(clusters)).text
+        self.samples.append(parse_prometheus(text, clusters, timestamp=time.time()))
+
+    def sample_predictions(self) -> None:
+        """Read every running version's prediction counters once and store them."""
+        versions = [p.stem for p in sorted(self.files.run_dir.glob("*.json"))]
+        texts = server_metrics(self._http, self.files, versions)
+        self.prediction_samples.append(read_samples(self.name, texts))
+
+    def _tick(self) -> None:
+        """The thread's work: Envoy's stats every tick, predictions every few seconds."""
+        due = time.monotonic() >= self._predictions_due
+        try:
+            self.sample()
+        finally:
+            if due:
+                self._predictions_due = time.monotonic() + PREDICTION_INTERVAL_S
+                self.sample_predictions()
+
+    def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
+        """Return the per-version frame over the last ``since`` seconds at ``step`` resolution.
+
+        Samples are taken every second while a process is attached, and once now.
+        """
+        now = time.time()
+        with contextlib.suppress(MlshiftError):
+            self.sample()
+        snaps = self.samples.read(since=now - since - max(step, 1.0) * 2)
+        versions = set(state.version_names)
+        snaps = [s for s in snaps if s.version in versions]
+        if step > 1.0:
+            latest: dict[tuple[str, int], Any] = {}
+            for snap in sorted(snaps, key=lambda s: s.timestamp):
+                latest[(snap.version, int(snap.timestamp // step))] = snap
+            snaps = list(latest.values())
+        return frame_from_snapshots(snaps, since=now - since)
+
+    def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
+        """Return each version's predictions over the last ``since`` seconds.
+
+        Diffs the servers' counters as sampled every few seconds (and once now); a version
+        with no sample from before the window counts since its process started.
+        """
+        self.sample_predictions()
+        samples = self.prediction_samples.read()
+        found = {s.version: s for s in window(samples, now=time.time(), since=since)}
+        return [found[v] for v in state.version_names if v in found]
