@@ -4,7 +4,8 @@ A bundle is the model file plus ``mlshift.json`` (format described in ``model_se
 whose constants and digest check this module reuses; model_server never imports mlshift). The
 writer picks the flavor, prefers skops (a format that does not execute code on load) and falls
 back to cloudpickle, detects the exact library versions the model's objects come from, infers
-the input schema from a sample and records what the model outputs.
+the input schema (from a sample, else from the fitted model: ``mlshift._schema``) and records
+what the model outputs, with the datatypes responses will carry.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from typing import Any
 from mlshift._bundle_info import BundleInfo
 from mlshift._exceptions import BundleError, DigestMismatchError
 from mlshift._names import check_name
+from mlshift._schema import ANY, infer_schema
 from model_server._bundle import (
-    FORMAT_VERSION,
     MANIFEST_NAME,
     file_sha256,
     read_manifest,
     verify_digest,
 )
 from model_server._errors import BundleReadError, DigestMismatch
+from model_server._outputs import derive_outputs, v2_datatype
 
-__all__ = ["BundleInfo", "as_bundle", "bundle", "read_bundle", "write_bundle"]
+__all__ = ["BundleInfo", "as_bundle", "bundle", "infer_schema", "read_bundle", "write_bundle"]
 
 log = logging.getLogger("mlshift.bundle")
 
@@ -131,38 +133,13 @@ def detect_requirements(model: Any) -> dict[str, str]:
 # ---------------------------------------------------------------- schema and output
 
 
-def infer_schema(sample: Any) -> dict[str, Any] | None:
-    """Infer the input schema from a sample: DataFrame columns and dtypes, or array shape.
+def _output(model: Any, flavor: str, sample: Any) -> dict[str, Any]:
+    """What the model outputs: task, classes, value buckets and the tensors responses carry.
 
-    Example:
-        >>> infer_schema(np.zeros((5, 20)))  # doctest: +SKIP
-        {'kind': 'array', 'shape': [None, 20], 'dtype': 'float64'}
+    ``tensors`` gives each method's v2 datatype and shape, taken from running the sample
+    through it (so a float32 regressor is announced as FP32), or derived from the model when
+    there is no sample; model_server's metadata announces exactly these.
     """
-    if sample is None:
-        return None
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(sample, pd.DataFrame):
-        return {
-            "kind": "dataframe",
-            "columns": [{"name": str(c), "dtype": str(t)} for c, t in sample.dtypes.items()],
-        }
-    try:
-        arr = np.asarray(sample)
-    except ValueError as exc:
-        raise BundleError(
-            f"cannot read the sample as an array ({exc}); pass a DataFrame or a 2-D array"
-        ) from exc
-    if arr.ndim == 0 or arr.dtype.kind not in "fiub":
-        raise BundleError(
-            f"sample must be a pandas DataFrame or a numeric array of rows, got {arr.dtype} with"
-            f" shape {arr.shape}; pass e.g. X_test[:5]"
-        )
-    return {"kind": "array", "shape": [None, *arr.shape[1:]], "dtype": str(arr.dtype)}
-
-
-def _output(model: Any, sample: Any) -> dict[str, Any]:
     import numpy as np
 
     try:
@@ -179,22 +156,43 @@ def _output(model: Any, sample: Any) -> dict[str, Any]:
         "task": "classification" if is_classifier else "regression",
         "classes": np.asarray(classes).tolist() if classes is not None else None,
     }
-    if sample is not None:
+    if sample is None:
+        out["tensors"] = [spec.metadata() for spec in derive_outputs(model, flavor)]
+        return out
+    try:
+        predictions = np.asarray(model.predict(sample))
+    except Exception as exc:
+        raise BundleError(
+            f"model.predict(sample) failed with {type(exc).__name__}: {exc}; pass a sample"
+            " the model accepts (rows shaped like its training data)"
+        ) from exc
+    out["tensors"] = [_tensor("predict", predictions)]
+    if callable(getattr(model, "predict_proba", None)):
         try:
-            predictions = np.asarray(model.predict(sample))
-        except Exception as exc:
-            raise BundleError(
-                f"model.predict(sample) failed with {type(exc).__name__}: {exc}; pass a sample"
-                " the model accepts (rows shaped like its training data)"
-            ) from exc
-        if not is_classifier and predictions.dtype.kind in "fiu":
-            values = predictions[np.isfinite(predictions)].astype(float)
-            lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-            if hi > lo:  # spread buckets around what the sample predicts, half a range either side
-                pad = (hi - lo) / 2
-                edges = np.linspace(lo - pad, hi + pad, 12)
-                out["buckets"] = sorted({float(f"{e:.6g}") for e in edges})
+            out["tensors"].append(_tensor("predict_proba", np.asarray(model.predict_proba(sample))))
+        except Exception as exc:  # it would fail when served too: do not announce it
+            log.info("predict_proba(sample) failed (%s); not offering it as an output", exc)
+    if not is_classifier and predictions.dtype.kind in "fiu":
+        values = predictions[np.isfinite(predictions)].astype(float)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if hi > lo:  # spread buckets around what the sample predicts, half a range either side
+            pad = (hi - lo) / 2
+            edges = np.linspace(lo - pad, hi + pad, 12)
+            out["buckets"] = sorted({float(f"{e:.6g}") for e in edges})
     return out
+
+
+def _format_version(schema: dict[str, Any] | None) -> int:
+    """1, unless the schema holds dtype ``any``, which only format-2 readers take."""
+    if not schema:
+        return 1
+    dtypes = [schema.get("dtype"), *(c.get("dtype") for c in schema.get("columns") or [])]
+    return 2 if ANY in dtypes else 1
+
+
+def _tensor(name: str, values: Any) -> dict[str, Any]:
+    shape = [-1, *values.shape[1:]] if values.ndim else [-1]
+    return {"name": name, "datatype": v2_datatype(values.dtype), "shape": shape}
 
 
 # ---------------------------------------------------------------- serialization
@@ -305,7 +303,8 @@ def write_bundle(
             their scikit-learn API), or any object with ``predict``.
         version: The version label (a DNS-1123 label such as ``"v2"``).
         sample: A few input rows (DataFrame or array); gives the input schema the server
-            validates against, and is run through ``predict`` once as a check.
+            validates against, and is run through ``predict`` once as a check. Without it
+            the schema comes from what the fitted model remembers (feature names, width).
         dest: Bundle directory; default ``.mlshift/bundles/<name>-<version>``. An existing
             bundle there is replaced.
         name: Model name recorded in the manifest (the server's URL name).
@@ -326,14 +325,14 @@ def write_bundle(
     target = Path(dest) if dest is not None else DEFAULT_ROOT / f"{name or 'model'}-{version}"
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    schema = infer_schema(sample)
-    output = _output(model, sample)
+    schema = infer_schema(sample, model)
+    output = _output(model, flavor, sample)
     requirements = detect_requirements(model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         file_name, serializer, trusted = _serialize(model, flavor, tmp)
         manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
+            "format_version": _format_version(schema),
             "name": name,
             "version": version,
             "flavor": flavor,

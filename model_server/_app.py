@@ -2,7 +2,10 @@
 
 A raw ASGI callable keeps per-request overhead to parsing the path, reading the body, one
 orjson decode and one encode: the model is the only thing that should cost time. Every response
-carries ``x-mlshift-version``; every error is JSON ``{"error": ..., "field": ...}``.
+carries ``x-mlshift-version``; every error is JSON ``{"error": ..., "field": ...}`` with the
+status the Open Inference Protocol asks for: 400 for a request the model cannot take, 404 for an
+unknown model or path, 405 (with ``Allow``) for a wrong method, 413 for a body over the limit,
+503 from readiness routes while not ready, and 500 only when the model itself raised.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
 from model_server._batcher import Batcher, ModelCallError
 from model_server._bundle import LoadedBundle
 from model_server._errors import InvalidInput
 from model_server._metrics import CONTENT_TYPE, ServerMetrics
-from model_server._oip import decode_v2, encode_v2
+from model_server._oip import EXTENSIONS, decode_v2, encode_v2
+from model_server._outputs import describe_outputs, v2_datatype
 from model_server._protocol import (
+    ANY_DTYPE,
     Decoded,
     InputSchema,
     decode_v1,
@@ -41,6 +47,17 @@ _JSON = b"application/json"
 _SIMPLE_ROUTES = ("/v2/health/live", "/v2/health/ready", "/v2", "/metrics", "/")
 SERVER_NAME = "mlshift-model-server"
 SERVER_VERSION = "0.1.0"
+_READ = ("GET", "HEAD")
+_WRITE = ("POST",)
+
+
+class Reply(NamedTuple):
+    """A response before it is sent: status, body, content type and any extra headers."""
+
+    status: int
+    body: bytes
+    content_type: bytes = _JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class ModelApp:
@@ -66,6 +83,7 @@ class ModelApp:
         self.task = str(output.get("task") or "regression")
         classes = output.get("classes")
         self.classes: list[Any] | None = list(classes) if isinstance(classes, list) else None
+        self.outputs = describe_outputs(loaded.model, str(loaded.manifest["flavor"]), output)
         self.metrics = ServerMetrics(
             self.name, self.version, task=self.task, value_buckets=output.get("buckets")
         )
@@ -85,13 +103,15 @@ class ModelApp:
 
     # ------------------------------------------------------------------ model side
 
-    def _predict(self, items: Sequence[Decoded]) -> Any:
-        """Runs in the worker thread."""
+    def _predict(self, items: Sequence[Decoded]) -> dict[str, Any]:
+        """Runs in the worker thread: each method the batch asks for, on the merged rows."""
         model_input = to_model_input(items, self.schema)
-        return getattr(self.loaded.model, items[0].method)(model_input)
+        model = self.loaded.model
+        return {method: getattr(model, method)(model_input) for method in items[0].methods}
 
-    def _observe(self, rows: int, predictions: Any) -> None:
+    def _observe(self, rows: int, outputs: dict[str, Any]) -> None:
         self.metrics.observe_batch(rows)
+        predictions = outputs.get("predict", outputs.get("predict_proba"))
         self.metrics.observe_predictions(predictions, self.classes)
 
     def start_draining(self) -> None:
@@ -127,31 +147,32 @@ class ModelApp:
         started = time.perf_counter()
         self.inflight += 1
         route = self.route_label(scope["path"])
-        status = 500
         try:
-            status, body, ctype = await self._dispatch(scope, receive)
+            reply = await self._dispatch(scope, receive)
         except InvalidInput as exc:
-            status, ctype = exc.status, _JSON
             body = orjson.dumps({"error": exc.message, "field": exc.field})
+            allow = ((b"allow", ", ".join(exc.allow).encode()),) if exc.allow else ()
+            reply = Reply(exc.status, body, headers=allow)
         except Exception as exc:  # never let a bug take the connection down without an answer
             log.exception("unexpected error answering %s", scope.get("path"))
-            status, ctype = 500, _JSON
             body = orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
+            reply = Reply(500, body)
         finally:
             self.inflight -= 1
         await send(
             {
                 "type": "http.response.start",
-                "status": status,
+                "status": reply.status,
                 "headers": [
-                    (b"content-type", ctype),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", reply.content_type),
+                    (b"content-length", str(len(reply.body)).encode()),
                     self._version_header,
+                    *reply.headers,
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
-        self.metrics.observe_request(route, status, time.perf_counter() - started)
+        await send({"type": "http.response.body", "body": reply.body})
+        self.metrics.observe_request(route, reply.status, time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
@@ -169,7 +190,7 @@ class ModelApp:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise InvalidInput("client went away", field="body", status=400)
+                raise InvalidInput("client went away", field="body")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -183,8 +204,8 @@ class ModelApp:
             more = bool(message.get("more_body", False))
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _json(self, doc: Any, status: int = 200) -> tuple[int, bytes, bytes]:
-        return status, orjson.dumps(doc), _JSON
+    def _json(self, doc: Any, status: int = 200) -> Reply:
+        return Reply(status, orjson.dumps(doc))
 
     def route_label(self, path: str) -> str:
         """The bounded ``route`` label of a path (``other`` for anything unknown)."""
@@ -200,7 +221,7 @@ class ModelApp:
         path = path.rstrip("/") or "/"
         return path if path in _SIMPLE_ROUTES else "other"
 
-    async def _dispatch(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+    async def _dispatch(self, scope: Scope, receive: Receive) -> Reply:
         path: str = scope["path"]
         method: str = scope["method"]
         if path.startswith("/v2/models/") or path.startswith("/v1/models/"):
@@ -220,21 +241,22 @@ class ModelApp:
                 field="path",
                 status=404,
             )
-        if method not in ("GET", "HEAD"):
-            raise InvalidInput(f"{path} takes GET, not {method}", field="method", status=405)
+        _check_method(path, method, _READ)
         return handler()
 
-    def _live(self) -> tuple[int, bytes, bytes]:
+    def _live(self) -> Reply:
         return self._json({"live": True})
 
-    def _ready(self) -> tuple[int, bytes, bytes]:
+    def _ready(self) -> Reply:
         return self._json({"ready": self.ready}, 200 if self.ready else 503)
 
-    def _server_metadata(self) -> tuple[int, bytes, bytes]:
-        return self._json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+    def _server_metadata(self) -> Reply:
+        return self._json(
+            {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+        )
 
-    def _metrics(self) -> tuple[int, bytes, bytes]:
-        return 200, self.metrics.render(), CONTENT_TYPE.encode()
+    def _metrics(self) -> Reply:
+        return Reply(200, self.metrics.render(), CONTENT_TYPE.encode())
 
     def _model_metadata(self) -> dict[str, Any]:
         if self.schema.kind == "dataframe":
@@ -247,22 +269,15 @@ class ModelApp:
             inputs = [{"name": "input-0", "datatype": _v2_type(self.schema.dtype), "shape": shape}]
         else:
             inputs = []
-        outputs = [
-            {"name": "predict", "datatype": "BYTES" if self.classes else "FP64", "shape": [-1]}
-        ]
-        if callable(getattr(self.loaded.model, "predict_proba", None)):
-            outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, -1]})
         return {
             "name": self.name,
             "versions": [self.version],
             "platform": f"mlshift-{self.loaded.manifest['flavor']}",
             "inputs": inputs,
-            "outputs": outputs,
+            "outputs": [spec.metadata() for spec in self.outputs.values()],
         }
 
-    async def _model_route(
-        self, path: str, method: str, scope: Scope, receive: Receive
-    ) -> tuple[int, bytes, bytes]:
+    async def _model_route(self, path: str, method: str, scope: Scope, receive: Receive) -> Reply:
         if path.startswith("/v1/"):
             prefix, rest = self._v1_prefix, path[len(self._v1_prefix) :]
             known = path.startswith(prefix) and rest in ("", ":predict")
@@ -282,20 +297,17 @@ class ModelApp:
                 )
             raise InvalidInput(f"no route {path}", field="path", status=404)
         if rest in (":predict", "/infer"):
-            if method != "POST":
-                raise InvalidInput(f"{path} takes POST, not {method}", field="method", status=405)
+            _check_method(path, method, _WRITE)
             return await self._infer(rest == "/infer", scope, receive)
-        if method not in ("GET", "HEAD"):
-            raise InvalidInput(f"{path} takes GET, not {method}", field="method", status=405)
+        _check_method(path, method, _READ)
         if rest == "/ready":
             return self._json({"name": self.name, "ready": self.ready}, 200 if self.ready else 503)
         if path.startswith("/v1/"):
             return self._json({"name": self.name, "ready": self.ready})
         return self._json(self._model_metadata())
 
-    async def _infer(self, v2: bool, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+    async def _infer(self, v2: bool, scope: Scope, receive: Receive) -> Reply:
         body = await self._read_body(scope, receive)
-        request_id = None
         if v2:
             header_length = None
             for key, value in scope["headers"]:
@@ -304,41 +316,53 @@ class ModelApp:
                         raise InvalidInput(
                             "Inference-Header-Content-Length must be a byte count",
                             field="Inference-Header-Content-Length",
-                            status=400,
                         )
                     header_length = int(value)
-            decoded, request_id = decode_v2(
+            decoded, request = decode_v2(
                 body, self.schema, self.method, header_length=header_length
             )
         else:
             decoded = decode_v1(body, self.schema, self.method)
-        if not callable(getattr(self.loaded.model, decoded.method, None)):
-            raise InvalidInput(
-                f"this model has no {decoded.method}(); ask for output 'predict'", field="outputs"
-            )
+        for method in decoded.methods:
+            if method not in self.outputs:
+                raise InvalidInput(
+                    f"this model has no {method}() output; it offers {', '.join(self.outputs)}",
+                    field="outputs" if v2 else "parameters.method",
+                )
         try:
-            predictions = await self.batcher.submit(decoded)
+            outputs = await self.batcher.submit(decoded)
         except ModelCallError as exc:
             return self._json({"error": exc.message}, 500)
-        if v2:
-            return (
-                200,
-                encode_v2(predictions, decoded.method, self.name, self.version, request_id),
-                _JSON,
-            )
-        return 200, encode_v1(predictions, self.name, self.version), _JSON
+        if not v2:
+            method = decoded.methods[0]
+            classes = self.classes if method == "predict_proba" else None
+            return Reply(200, encode_v1(outputs[method], self.name, self.version, classes))
+        body, header_length = encode_v2(outputs, self.name, self.version, request, self.outputs)
+        if header_length is None:
+            return Reply(200, body)
+        length = (b"inference-header-content-length", str(header_length).encode())
+        return Reply(200, body, b"application/octet-stream", (length,))
+
+
+def _check_method(path: str, method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise InvalidInput(
+            f"{path} takes {' or '.join(allowed)}, not {method}",
+            field="method",
+            status=405,
+            allow=allowed,
+        )
 
 
 def _v2_type(dtype: str) -> str:
+    """The v2 datatype announced for a schema dtype; ``any`` columns take any value (BYTES)."""
     d = dtype.lower()
-    table = {
-        "float64": "FP64",
-        "float32": "FP32",
-        "int64": "INT64",
-        "int32": "INT32",
-        "bool": "BOOL",
-    }
-    return table.get(d, "BYTES" if d in ("object", "string", "str", "category") else "FP64")
+    if d == ANY_DTYPE:
+        return "BYTES"
+    try:
+        return v2_datatype(np.dtype(d.replace("boolean", "bool")))
+    except TypeError:  # pandas names numpy does not know: "category", "str", "string"...
+        return "BYTES"
 
 
 def create_app(loaded: LoadedBundle, settings: Settings) -> ModelApp:

@@ -1,11 +1,13 @@
 """Adaptive batching: coalesce concurrent requests into one predict call, run it off the loop.
 
 Requests queue on the event loop; a single runner takes whatever has queued (up to
-``max_batch_size`` rows, optionally waiting ``max_wait_s`` for more), merges same-layout requests
-into one model input, calls the model in a worker thread so the loop keeps accepting and parsing,
-and hands each caller exactly its own rows back. While one call runs the next batch forms, which
-is what makes batching adaptive: an idle server answers a lone request at once, a busy one
-amortises the model's per-call cost over every request that arrived meanwhile.
+``max_batch_size`` rows, optionally waiting ``max_wait_s`` for more), merges requests of the same
+layout and the same methods into one model input, calls each method once on it in a worker thread
+so the loop keeps accepting and parsing, and hands each caller exactly its own rows of each
+output back. Requests asking for different methods never share a call. While one call runs the
+next batch forms, which is what makes batching adaptive: an idle server answers a lone request
+at once, a busy one amortises the model's per-call cost over every request that arrived
+meanwhile.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ __all__ = ["Batcher", "ModelCallError"]
 
 log = logging.getLogger("mlshift.model_server")
 
-PredictFn = Callable[[Sequence[Decoded]], Any]
-ObserveFn = Callable[[int, Any], None]
+Outputs = dict[str, np.ndarray[Any, Any]]
+PredictFn = Callable[[Sequence[Decoded]], dict[str, Any]]
+ObserveFn = Callable[[int, dict[str, Any]], None]
 
 
 class ModelCallError(Exception):
@@ -42,22 +45,23 @@ class ModelCallError(Exception):
 @dataclass
 class _Item:
     decoded: Decoded
-    future: asyncio.Future[np.ndarray[Any, Any]] = field(repr=False)
+    future: asyncio.Future[Outputs] = field(repr=False)
 
 
 class Batcher:
     """Queue requests and run them through ``predict`` in batches.
 
     Args:
-        predict: Called in the worker thread with a list of same-key ``Decoded`` requests;
-            returns predictions for all their rows, in order.
+        predict: Called in the worker thread with a list of same-key ``Decoded`` requests (same
+            layout, same methods); returns method -> output for all their rows, in order.
         max_batch_size: Most rows per call (a bigger single request runs alone).
         max_wait_s: How long to wait for more requests once the first is queued (0 = greedy).
-        observe: Called on the loop after each successful call with (rows, predictions).
+        observe: Called on the loop after each successful call with (rows, outputs).
 
     Example:
         >>> batcher = Batcher(lambda items: run_model(items), max_batch_size=64)  # doctest: +SKIP
-        >>> rows = await batcher.submit(decoded)  # doctest: +SKIP
+        >>> outputs = await batcher.submit(decoded)  # doctest: +SKIP
+        >>> outputs["predict"]  # doctest: +SKIP
     """
 
     def __init__(
@@ -95,11 +99,11 @@ class Batcher:
         self._pending.clear()
         self._pool.shutdown(wait=True)
 
-    async def submit(self, decoded: Decoded) -> np.ndarray[Any, Any]:
-        """Queue one request and wait for its own predictions."""
+    async def submit(self, decoded: Decoded) -> Outputs:
+        """Queue one request and wait for its own rows of each output it asked for."""
         if self._wakeup is None:
             raise RuntimeError("Batcher.start() was not called")
-        future: asyncio.Future[np.ndarray[Any, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(decoded, future))
         self._wakeup.set()
         return await future
@@ -144,8 +148,8 @@ class Batcher:
     async def _call(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         decoded = [item.decoded for item in batch]
         try:
-            predictions = await loop.run_in_executor(self._pool, self._predict, decoded)
-            parts = split_predictions(predictions, decoded)
+            outputs = await loop.run_in_executor(self._pool, self._predict, decoded)
+            parts = split_predictions(outputs, decoded)
         except Exception as exc:
             if len(batch) > 1:
                 # One caller's rows may be what broke the model: retry each alone, so only
@@ -160,7 +164,7 @@ class Batcher:
             return
         if self._observe is not None:
             try:
-                self._observe(sum(d.rows for d in decoded), predictions)
+                self._observe(sum(d.rows for d in decoded), outputs)
             except Exception:
                 log.exception("recording prediction metrics failed; predictions are unaffected")
         for item, part in zip(batch, parts, strict=True):

@@ -38,7 +38,10 @@ __all__ = [
 
 log = logging.getLogger("mlshift.model_server")
 
-FORMAT_VERSION = 1
+# The newest format this reader reads. A writer records the oldest format that holds its bundle:
+# 1, or 2 when the input schema has a column (or array) of dtype "any" (a schema read from the
+# fitted model), which readers of format 1 would mishandle.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "mlshift.json"
 FLAVORS = ("sklearn", "xgboost", "lightgbm", "pyfunc")
 SERIALIZERS = ("skops", "cloudpickle")

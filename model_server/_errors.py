@@ -3,7 +3,8 @@
 ModelServerError
 ├── BundleReadError        a bundle directory cannot be read or deserialized
 │   └── DigestMismatch     the model file does not match mlshift.json's sha256
-└── InvalidInput           a request body the model cannot take (becomes a 4xx)
+└── InvalidInput           a request the server refuses (a 4xx: 400 by default, as the Open
+                           Inference Protocol, Triton and KServe answer a bad request)
 """
 
 from __future__ import annotations
@@ -29,10 +30,21 @@ class DigestMismatch(BundleReadError):
 
 
 class InvalidInput(ModelServerError):
-    """A request the server refuses; ``status`` is the HTTP code, ``field`` names the culprit."""
+    """A request the server refuses; ``status`` is the HTTP code, ``field`` names the culprit.
 
-    def __init__(self, message: str, *, field: str | None = None, status: int = 422) -> None:
+    ``allow`` lists the methods a path takes; a 405 carries them in its ``Allow`` header.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status: int = 400,
+        allow: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.status = status
+        self.allow = allow

@@ -1,35 +1,56 @@
 """Open Inference Protocol v2: decode infer requests (JSON and binary tensors), encode responses.
 
-Named input tensors are checked (name, shape, datatype, data size) and mapped onto the bundle's
-schema: one tensor for array models; one tensor per column (BYTES for strings), or a single 2-D
-tensor in column order, for DataFrame models. Shared checks come from ``_protocol``.
+Named input tensors are checked (name, shape, datatype, data, values that fit the datatype) and
+mapped onto the bundle's schema: one tensor for array models; one tensor per column (BYTES for
+strings), or a single 2-D tensor in column order, for DataFrame models. A request names the
+outputs it wants (``predict``, ``predict_proba``, or both) in ``outputs``, or one method in
+``parameters.method``. The binary tensor data extension works both ways: binary inputs after an
+``Inference-Header-Content-Length`` JSON header, and binary outputs when a request asks for them
+(``parameters.binary_data_output``, or ``binary_data`` on a requested output). Shared checks
+come from ``_protocol``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
+from model_server._dtypes import ACCEPTS as _ACCEPTS
+from model_server._dtypes import METHODS
+from model_server._dtypes import V2_TO_NUMPY as _V2_TO_NUMPY
+from model_server._dtypes import cast as _cast
+from model_server._dtypes import category as _category
+from model_server._dtypes import numpy_dtype as _numpy_dtype
 from model_server._errors import InvalidInput
+from model_server._outputs import OutputSpec, conform, v2_datatype
 from model_server._protocol import (
-    _ACCEPTS,
-    _V2_TO_NUMPY,
-    METHODS,
     Decoded,
     InputSchema,
-    _category,
     _check_columns,
     _check_shape,
     _decoded_columns,
     _jsonable,
     _loads,
-    _numpy_dtype,
+    check_parameters,
+    request_method,
 )
 
-__all__ = ["decode_v2", "encode_v2"]
+__all__ = ["EXTENSIONS", "V2Request", "decode_v2", "encode_v2"]
+
+EXTENSIONS = ("binary_tensor_data",)
+
+
+@dataclass(frozen=True)
+class V2Request:
+    """What an infer request asks of the response besides its rows."""
+
+    request_id: str | None = None
+    binary: frozenset[str] = frozenset()  # outputs to send as binary tensor data
 
 
 def _binary_tensor(raw: bytes, datatype: str, field: str) -> np.ndarray[Any, Any]:
@@ -40,6 +61,11 @@ def _binary_tensor(raw: bytes, datatype: str, field: str) -> np.ndarray[Any, Any
             size = int.from_bytes(raw[pos : pos + 4], "little")
             values.append(raw[pos + 4 : pos + 4 + size].decode("utf-8", "replace"))
             pos += 4 + size
+        if pos != len(raw):
+            raise InvalidInput(
+                f"input {field!r}: binary BYTES data does not end on an element boundary",
+                field=field,
+            )
         return np.asarray(values, dtype=object)
     dtype = np.dtype(_V2_TO_NUMPY[datatype]).newbyteorder("<")
     if len(raw) % dtype.itemsize:
@@ -47,6 +73,59 @@ def _binary_tensor(raw: bytes, datatype: str, field: str) -> np.ndarray[Any, Any
             f"input {field!r}: binary data is not a whole number of {datatype}", field=field
         )
     return np.frombuffer(raw, dtype=dtype)
+
+
+def _json_tensor(data: Any, datatype: str, name: str) -> np.ndarray[Any, Any]:
+    """The tensor's JSON ``data`` as a flat array of ``datatype``, every value checked."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {name!r}: data must be a JSON array", field=name)
+    if datatype == "BYTES":
+        try:
+            arr = np.asarray(data, dtype=object).ravel()
+        except ValueError as exc:
+            raise InvalidInput(
+                f"input {name!r}: data is not rectangular: {exc}", field=name
+            ) from exc
+        if not all(type(v) is str for v in arr):
+            raise InvalidInput(f"input {name!r}: BYTES data must hold strings", field=name)
+        return arr
+    target = np.dtype(_V2_TO_NUMPY[datatype])
+    if target.kind in "iu":  # Python ints beyond int64 would turn into floats: check them first
+        return _json_ints(data, datatype, target, name)
+    try:
+        arr = np.asarray(data)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"input {name!r}: data is not rectangular: {exc}", field=name) from exc
+    kinds = "b" if datatype == "BOOL" else "fiu"
+    if arr.size and arr.dtype.kind not in kinds:
+        raise InvalidInput(
+            f"input {name!r}: data does not match datatype {datatype}"
+            f" (got {arr.dtype.name} values)",
+            field=name,
+        )
+    return _cast(arr.ravel(), target, name, what=f"input {name!r}")
+
+
+def _json_ints(
+    data: list[Any], datatype: str, target: np.dtype[Any], name: str
+) -> np.ndarray[Any, Any]:
+    try:
+        values = np.asarray(data, dtype=object).ravel()
+    except ValueError as exc:
+        raise InvalidInput(f"input {name!r}: data is not rectangular: {exc}", field=name) from exc
+    if not all(type(v) is int for v in values):
+        raise InvalidInput(
+            f"input {name!r}: data does not match datatype {datatype} (integers only)", field=name
+        )
+    info = np.iinfo(target)
+    for bad in (min(values, default=0), max(values, default=0)):
+        if not info.min <= bad <= info.max:
+            raise InvalidInput(
+                f"input {name!r}: value {bad} does not fit {target.name}"
+                f" (range {info.min} to {info.max})",
+                field=name,
+            )
+    return values.astype(target)
 
 
 def _tensor(
@@ -74,57 +153,93 @@ def _tensor(
             f"input {name!r}: datatype {datatype!r} is not one of {', '.join(_V2_TO_NUMPY)}",
             field=name,
         )
-    params = spec.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    params = check_parameters(spec.get("parameters", {}), name)
+    size = params.get("binary_data_size")
     if size is not None:
-        if binary is None or type(size) is not int or offset + size > len(binary):
+        if binary is None or type(size) is not int or size < 0 or offset + size > len(binary):
             raise InvalidInput(f"input {name!r}: binary_data_size exceeds the body", field=name)
         arr = _binary_tensor(bytes(binary[offset : offset + size]), datatype, name)
         offset += size
     else:
         if "data" not in spec:
             raise InvalidInput(f"input {name!r} has no data", field=name)
-        try:
-            arr = np.asarray(spec["data"])
-        except ValueError as exc:
-            raise InvalidInput(
-                f"input {name!r}: data is not rectangular: {exc}", field=name
-            ) from exc
-        kinds = (
-            "UO"
-            if datatype == "BYTES"
-            else (
-                "b"
-                if datatype == "BOOL"
-                else "iu"
-                if datatype.startswith(("INT", "UINT"))
-                else "fiu"
-            )
-        )
-        if arr.size and arr.dtype.kind not in kinds:
-            raise InvalidInput(
-                f"input {name!r}: data does not match datatype {datatype}"
-                f" (got {arr.dtype.name} values)",
-                field=name,
-            )
-        arr = arr.ravel().astype(_V2_TO_NUMPY[datatype], copy=False)
+        arr = _json_tensor(spec["data"], datatype, name)
     if arr.size != math.prod(shape):
         raise InvalidInput(
             f"input {name!r}: shape {shape} needs {math.prod(shape)} values, data has {arr.size}",
             field=name,
         )
-    return name, arr.reshape(shape), str(datatype), offset
+    try:
+        arr = arr.reshape(shape)
+    except ValueError as exc:  # dimensions numpy cannot index, even around a zero
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} is not usable: {exc}", field=name
+        ) from exc
+    return name, arr, str(datatype), offset
+
+
+def _flag(params: Mapping[str, Any], key: str, default: bool, where: str, field: str) -> bool:
+    value = params.get(key, default)
+    if type(value) is not bool:
+        raise InvalidInput(f"{where}.{key} must be true or false", field=field)
+    return value
+
+
+def _requested_outputs(doc: dict[str, Any], default: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The outputs a request asks for, in its order, and which of them to send as binary."""
+    method = request_method(doc, default)  # also checks parameters
+    params = doc.get("parameters", {})
+    binary_all = _flag(params, "binary_data_output", False, "parameters", "parameters")
+    outputs = doc.get("outputs", [])
+    if outputs == []:
+        return (method,), frozenset({method} if binary_all else ())
+    if not isinstance(outputs, list):
+        raise InvalidInput(
+            'outputs must be a list of {"name": ...} objects, e.g. [{"name": "predict_proba"}]',
+            field="outputs",
+        )
+    names: list[str] = []
+    binary: set[str] = set()
+    for i, out in enumerate(outputs):
+        name = out.get("name") if isinstance(out, dict) else None
+        if not isinstance(name, str):
+            raise InvalidInput(f'outputs[{i}] must be an object with a "name"', field="outputs")
+        if name not in METHODS:
+            raise InvalidInput(
+                f"outputs[{i}] names {name!r}; the outputs are {', '.join(METHODS)}",
+                field="outputs",
+            )
+        if name in names:
+            raise InvalidInput(f"output {name!r} is asked for twice", field="outputs")
+        out_params = check_parameters(out.get("parameters", {}), "outputs")
+        if "classification" in out_params:
+            raise InvalidInput(
+                "the classification extension is not supported; ask for output"
+                " 'predict_proba' for class probabilities",
+                field="outputs",
+            )
+        if _flag(out_params, "binary_data", binary_all, f"outputs[{i}].parameters", "outputs"):
+            binary.add(name)
+        names.append(name)
+    if "method" in params and method not in names:
+        raise InvalidInput(
+            f"parameters.method asks for {method!r} but outputs name {names}; send one of them",
+            field="parameters.method",
+        )
+    return tuple(names), frozenset(binary)
 
 
 def decode_v2(
     body: bytes, schema: InputSchema, method: str, *, header_length: int | None = None
-) -> tuple[Decoded, Any]:
+) -> tuple[Decoded, V2Request]:
     """Decode an OIP v2 infer body (JSON, or JSON plus the binary tensor extension).
 
-    Returns the decoded rows and the request ``id`` to echo (or ``None``).
+    ``method`` is the output sent when the request names none. Returns the decoded rows and
+    what the response must carry (the request ``id`` to echo, outputs to send as binary).
 
     Raises:
-        InvalidInput: Malformed tensors, unknown or missing inputs, wrong datatype or shape.
+        InvalidInput: Malformed tensors, unknown or missing inputs, wrong datatype or shape,
+            values the datatype cannot hold, unknown outputs or parameters.
 
     Example:
         >>> s = InputSchema.from_manifest(None)
@@ -136,33 +251,29 @@ def decode_v2(
     binary: memoryview | None = None
     if header_length is not None:
         if header_length > len(body):
-            raise InvalidInput(
-                "Inference-Header-Content-Length exceeds the body", field="body", status=400
-            )
+            raise InvalidInput("Inference-Header-Content-Length exceeds the body", field="body")
         binary = memoryview(body)[header_length:]
         body = body[:header_length]
     doc = _loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InvalidInput('request body must be {"inputs": [tensor, ...]}', field="inputs")
-    outputs = doc.get("outputs")
-    if outputs:
-        names = [o.get("name") if isinstance(o, dict) else None for o in outputs]
-        if len(names) != 1 or names[0] not in METHODS:
-            raise InvalidInput(
-                f"outputs must name exactly one of {', '.join(METHODS)}, got {names}",
-                field="outputs",
-            )
-        method = str(names[0])
+    request_id = doc.get("id")
+    if "id" in doc and not isinstance(request_id, str):
+        raise InvalidInput("id must be a string", field="id")
+    methods, binary_outputs = _requested_outputs(doc, method)
     tensors: list[tuple[str, np.ndarray[Any, Any], str]] = []
     offset = 0
     for i, spec in enumerate(doc["inputs"]):
         name, arr, datatype, offset = _tensor(spec, i, binary, offset)
         tensors.append((name, arr, datatype))
-    return _tensors_to_decoded(tensors, schema, method), doc.get("id")
+    decoded = _tensors_to_decoded(tensors, schema, methods)
+    return decoded, V2Request(request_id=request_id, binary=binary_outputs)
 
 
 def _tensors_to_decoded(
-    tensors: list[tuple[str, np.ndarray[Any, Any], str]], schema: InputSchema, method: str
+    tensors: list[tuple[str, np.ndarray[Any, Any], str]],
+    schema: InputSchema,
+    methods: tuple[str, ...],
 ) -> Decoded:
     if schema.kind == "array" or (schema.kind == "none" and len(tensors) == 1):
         if len(tensors) != 1:
@@ -178,10 +289,10 @@ def _tensors_to_decoded(
                     field=name,
                 )
             _check_shape(arr.shape, schema, name)
-            arr = arr.astype(_numpy_dtype(schema.dtype), copy=False)
+            arr = _cast(arr, _numpy_dtype(schema.dtype), name, what=f"input {name!r}")
         if arr.shape[0] == 0:
             raise InvalidInput(f"input {name!r} holds no rows", field=name)
-        return Decoded(rows=int(arr.shape[0]), method=method, array=arr)
+        return Decoded(rows=int(arr.shape[0]), methods=methods, array=arr)
     categories = schema.categories()
     if schema.kind == "dataframe" and len(tensors) == 1 and tensors[0][0] not in categories:
         # One 2-D tensor whose columns follow the schema's column order.
@@ -218,33 +329,52 @@ def _tensors_to_decoded(
             raise InvalidInput(f"input {name!r} is given twice", field=name)
         columns[name] = arr.tolist()
     _check_columns(columns, schema, "request")
-    return _decoded_columns(columns, method, schema)
+    return _decoded_columns(columns, methods, schema)
 
 
-def _v2_datatype(arr: np.ndarray[Any, Any]) -> str:
-    kind = arr.dtype.kind
-    if kind == "b":
-        return "BOOL"
-    if kind in "iu":
-        return f"{'INT' if kind == 'i' else 'UINT'}{arr.dtype.itemsize * 8}"
-    if kind == "f":
-        return f"FP{arr.dtype.itemsize * 8}"
-    return "BYTES"
+def _raw(arr: np.ndarray[Any, Any], datatype: str) -> bytes:
+    """A tensor's binary form: little-endian values; BYTES as 4-byte length + UTF-8 each."""
+    if datatype == "BYTES":
+        parts = [str(v).encode() for v in arr.ravel().tolist()]
+        return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
 def encode_v2(
-    predictions: np.ndarray[Any, Any], method: str, name: str, version: str, request_id: Any = None
-) -> bytes:
-    """Encode an OIP v2 infer response with one output named after the method."""
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    name: str,
+    version: str,
+    request: V2Request | None = None,
+    specs: Mapping[str, OutputSpec] | None = None,
+) -> tuple[bytes, int | None]:
+    """Encode an OIP v2 infer response with one output per method, in the order given.
+
+    Each output is cast to the datatype ``specs`` announce when that loses nothing. Returns the
+    body and, when outputs are sent as binary tensor data, the length of its JSON header (for
+    ``Inference-Header-Content-Length``), else ``None``.
+
+    Example:
+        >>> body, header = encode_v2({"predict": np.array([1.5])}, "m", "v1")
+        >>> orjson.loads(body)["outputs"][0]["datatype"], header
+        ('FP64', None)
+    """
+    request = request or V2Request()
     doc: dict[str, Any] = {"model_name": name, "model_version": version}
-    if request_id is not None:
-        doc["id"] = request_id
-    doc["outputs"] = [
-        {
-            "name": method,
-            "shape": list(predictions.shape),
-            "datatype": _v2_datatype(predictions),
-            "data": _jsonable(predictions.ravel()),
-        }
-    ]
-    return orjson.dumps(doc)
+    if request.request_id is not None:
+        doc["id"] = request.request_id
+    tensors, raw = [], []
+    for method, predictions in outputs.items():
+        arr = conform(np.asarray(predictions), (specs or {}).get(method))
+        datatype = v2_datatype(arr.dtype)
+        tensor: dict[str, Any] = {"name": method, "shape": list(arr.shape), "datatype": datatype}
+        if method in request.binary:
+            raw.append(_raw(arr, datatype))
+            tensor["parameters"] = {"binary_data_size": len(raw[-1])}
+        else:
+            tensor["data"] = _jsonable(arr.ravel())
+        tensors.append(tensor)
+    doc["outputs"] = tensors
+    header = orjson.dumps(doc)
+    if not raw:
+        return header, None
+    return header + b"".join(raw), len(header)

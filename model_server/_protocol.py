@@ -1,94 +1,53 @@
 """Wire protocols: input schemas, KServe v1 and pandas dataframe requests, batch merging.
 
 Every request is checked against the bundle's input schema and turned into a ``Decoded`` value:
-either a numeric array (array schemas) or columns of plain values (dataframe schemas). Bad input
-raises ``InvalidInput`` naming the field, never anything that would become a 500. Batches of
-``Decoded`` values are merged into one model input here too (``to_model_input``), and
+either a numeric array (array schemas) or columns of plain values (dataframe schemas), plus the
+model methods it asks for (``predict``, ``predict_proba`` or both). Bad input raises
+``InvalidInput`` (a 400) naming the field, never anything that would become a 500: values that
+would overflow the model's dtype are refused here rather than wrapped or turned into ``inf``.
+Batches of ``Decoded`` values are merged into one model input here too (``to_model_input``), and
 predictions are encoded back into v1 bodies. Open Inference Protocol v2 lives in ``_oip``.
+
+A column or array dtype ``"any"`` (a schema read from a model that does not record its input
+dtypes) accepts every value and hands it to the model as given.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
+from model_server._dtypes import ANY as _ANY
+from model_server._dtypes import ANY_DTYPE, METHODS
+from model_server._dtypes import BOOL as _BOOL
+from model_server._dtypes import FLOAT as _FLOAT
+from model_server._dtypes import INT as _INT
+from model_server._dtypes import JSON_KINDS as _JSON_KINDS
+from model_server._dtypes import STR as _STR
+from model_server._dtypes import cast as _cast
+from model_server._dtypes import category as _category
+from model_server._dtypes import check_range as _check_range
+from model_server._dtypes import numpy_dtype as _numpy_dtype
+from model_server._dtypes import value_ok as _value_ok
 from model_server._errors import InvalidInput
 
 __all__ = [
+    "ANY_DTYPE",
     "METHODS",
     "Decoded",
     "InputSchema",
+    "check_parameters",
     "decode_v1",
     "encode_v1",
+    "request_method",
     "split_predictions",
     "to_model_input",
 ]
-
-METHODS = ("predict", "predict_proba")
-
-# numpy dtype -> kind of JSON value accepted
-_FLOAT, _INT, _BOOL, _STR, _ANY = "float", "int", "bool", "string", "any"
-_V2_TO_NUMPY = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "object",
-}
-_ACCEPTS = {  # schema category -> v2 datatypes that may feed it
-    _FLOAT: {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16"},
-    _INT: {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"},
-    _BOOL: {"BOOL"},
-    _STR: {"BYTES"},
-    _ANY: set(_V2_TO_NUMPY),
-}
-_JSON_KINDS = {_FLOAT: "fiu", _INT: "iu", _BOOL: "b", _STR: "UO", _ANY: "fiubUO"}
-
-
-def _category(dtype: str) -> str:
-    d = dtype.lower()
-    if d.startswith(("float", "double")):
-        return _FLOAT
-    if d.startswith(("int", "uint")):
-        return _INT
-    if d in ("bool", "boolean"):
-        return _BOOL
-    if d in ("object", "string", "str", "category") or d.startswith(("datetime", "string")):
-        return _STR
-    return _ANY
-
-
-def _numpy_dtype(dtype: str) -> Any:
-    category = _category(dtype)
-    if category in (_STR, _ANY):
-        return object
-    return np.dtype(dtype.lower().replace("boolean", "bool"))
-
-
-def _value_ok(value: Any, category: str) -> bool:
-    kind = type(value)
-    if category == _FLOAT:
-        return kind is float or kind is int or value is None
-    if category == _INT:
-        return kind is int
-    if category == _BOOL:
-        return kind is bool
-    if category == _STR:
-        return kind is str or value is None
-    return True
 
 
 @dataclass(frozen=True)
@@ -131,31 +90,69 @@ class InputSchema:
 class Decoded:
     """One request's rows, validated, in the layout the schema asks for.
 
-    Exactly one of ``array`` and ``columns`` is set. ``key`` groups requests that may share a
-    predict call (same layout, same columns, same method).
+    Exactly one of ``array`` and ``columns`` is set. ``methods`` are the model methods whose
+    outputs the caller wants, in the order asked. ``key`` groups requests that may share one
+    model call per method (same layout, same columns, same methods).
     """
 
     rows: int
-    method: str
+    methods: tuple[str, ...]
     array: np.ndarray[Any, Any] | None = None
     columns: dict[str, list[Any]] | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can be concatenated into one predict call."""
+        """Requests with equal keys can be concatenated into one call of each method."""
         if self.columns is not None:
-            return ("columns", self.method, tuple(self.columns))
+            return ("columns", self.methods, tuple(self.columns))
         assert self.array is not None
-        return ("array", self.method, self.array.shape[1:], self.array.dtype.str)
+        return ("array", self.methods, self.array.shape[1:], self.array.dtype.str)
 
 
 def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from exc
+
+
+def request_method(doc: dict[str, Any], default: str) -> str:
+    """The method a body's ``parameters.method`` names (``predict_proba``...), else ``default``.
+
+    Raises:
+        InvalidInput: ``parameters`` is not an object or ``method`` is not a known method.
+
+    Example:
+        >>> request_method({"parameters": {"method": "predict_proba"}}, "predict")
+        'predict_proba'
+    """
+    if "parameters" not in doc:
+        return default
+    params = check_parameters(doc["parameters"], "parameters")
+    method = params.get("method", default)
+    if method not in METHODS:
         raise InvalidInput(
-            f"request body is not valid JSON: {exc}", field="body", status=400
-        ) from exc
+            f"parameters.method must be one of {', '.join(METHODS)}, got {method!r}",
+            field="parameters.method",
+        )
+    return str(method)
+
+
+def check_parameters(params: Any, field: str) -> dict[str, Any]:
+    """A ``parameters`` object: names to a string, number or boolean each, as the protocol says.
+
+    Raises:
+        InvalidInput: ``params`` is not such an object (``field`` names it).
+    """
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{field} must be an object of name: value pairs", field=field)
+    for key, value in params.items():
+        if not isinstance(value, str | int | float):  # bool is an int
+            raise InvalidInput(
+                f"{field}.{key} must be a string, number or boolean, got {type(value).__name__}",
+                field=field,
+            )
+    return params
 
 
 # ---------------------------------------------------------------- shared checks
@@ -179,14 +176,16 @@ def _check_columns(columns: dict[str, list[Any]], schema: InputSchema, where: st
             )
     for name, category in schema.categories().items():
         values = columns[name]
+        dtype = schema.dtypes[schema.columns.index(name)]
         for i, value in enumerate(values):
             if not _value_ok(value, category):
-                dtype = schema.dtypes[schema.columns.index(name)]
                 raise InvalidInput(
                     f"{where}: column {name!r} expects {dtype} values but row {i} holds"
                     f" {type(value).__name__} {value!r}",
                     field=name,
                 )
+        if category in (_FLOAT, _INT):
+            _check_range(values, dtype, name)
 
 
 def _array_from_rows(rows: Any, schema: InputSchema, field: str) -> np.ndarray[Any, Any]:
@@ -208,7 +207,7 @@ def _array_from_rows(rows: Any, schema: InputSchema, field: str) -> np.ndarray[A
             field=field,
         )
     _check_shape(arr.shape, schema, field)
-    return arr.astype(_numpy_dtype(schema.dtype), copy=False)
+    return _cast(arr, _numpy_dtype(schema.dtype), field)
 
 
 def _check_shape(shape: Sequence[int], schema: InputSchema, field: str) -> None:
@@ -252,7 +251,9 @@ def _records_to_columns(records: list[Any], field: str) -> dict[str, list[Any]]:
     return {name: [r[name] for r in records] for name in names}
 
 
-def _decoded_columns(columns: dict[str, list[Any]], method: str, schema: InputSchema) -> Decoded:
+def _decoded_columns(
+    columns: dict[str, list[Any]], methods: tuple[str, ...], schema: InputSchema
+) -> Decoded:
     if schema.kind == "array":
         raise InvalidInput(
             "this model takes an array (send instances as lists of numbers), not named columns",
@@ -263,7 +264,7 @@ def _decoded_columns(columns: dict[str, list[Any]], method: str, schema: InputSc
         raise InvalidInput("the request holds no rows; send at least one", field="body")
     if schema.kind == "dataframe":  # schema order, so the model sees its training layout
         columns = {name: columns[name] for name in schema.columns if name in columns} | columns
-    return Decoded(rows=rows, method=method, columns=columns)
+    return Decoded(rows=rows, methods=methods, columns=columns)
 
 
 # ---------------------------------------------------------------- KServe v1 / pandas
@@ -271,6 +272,9 @@ def _decoded_columns(columns: dict[str, list[Any]], method: str, schema: InputSc
 
 def decode_v1(body: bytes, schema: InputSchema, method: str) -> Decoded:
     """Decode a v1 body: ``instances``/``inputs``, ``dataframe_split`` or ``dataframe_records``.
+
+    ``method`` is the default; ``"parameters": {"method": "predict_proba"}`` in the body asks
+    for another one.
 
     Raises:
         InvalidInput: The body is not JSON, has no known key, or does not fit the schema.
@@ -283,6 +287,7 @@ def decode_v1(body: bytes, schema: InputSchema, method: str) -> Decoded:
     doc = _loads(body)
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object", field="body")
+    methods = (request_method(doc, method),)
     if "instances" in doc or "inputs" in doc:
         field = "instances" if "instances" in doc else "inputs"
         rows = doc[field]
@@ -294,7 +299,7 @@ def decode_v1(body: bytes, schema: InputSchema, method: str) -> Decoded:
             columns = _rows_to_columns(rows, schema, field)
         else:
             return Decoded(
-                rows=len(rows), method=method, array=_array_from_rows(rows, schema, field)
+                rows=len(rows), methods=methods, array=_array_from_rows(rows, schema, field)
             )
     elif "dataframe_split" in doc:
         split = doc["dataframe_split"]
@@ -329,12 +334,25 @@ def decode_v1(body: bytes, schema: InputSchema, method: str) -> Decoded:
             field="body",
         )
     _check_columns(columns, schema, "request")
-    return _decoded_columns(columns, method, schema)
+    return _decoded_columns(columns, methods, schema)
 
 
-def encode_v1(predictions: np.ndarray[Any, Any], name: str, version: str) -> bytes:
-    """Encode a v1 response body."""
-    return orjson.dumps({"predictions": _jsonable(predictions), "model": name, "version": version})
+def encode_v1(
+    predictions: np.ndarray[Any, Any],
+    name: str,
+    version: str,
+    classes: Sequence[Any] | None = None,
+) -> bytes:
+    """Encode a v1 response body; ``classes`` (for probabilities) labels the columns.
+
+    Example:
+        >>> encode_v1(np.array([[0.9, 0.1]]), "churn", "v1", classes=["no", "yes"])
+        b'{"predictions":[[0.9,0.1]],"model":"churn","version":"v1","classes":["no","yes"]}'
+    """
+    doc: dict[str, Any] = {"predictions": _jsonable(predictions), "model": name, "version": version}
+    if classes is not None:
+        doc["classes"] = list(classes)
+    return orjson.dumps(doc)
 
 
 # ---------------------------------------------------------------- batching helpers
@@ -373,28 +391,38 @@ def to_model_input(items: Sequence[Decoded], schema: InputSchema) -> Any:
             assert it.columns is not None
             values.extend(it.columns[name])
         dtype = dtypes.get(name)
-        if dtype is None:
-            data[name] = values
-        elif _category(dtype) == _FLOAT:
-            data[name] = np.asarray([np.nan if v is None else v for v in values], dtype=dtype)
-        elif _category(dtype) in (_INT, _BOOL):
-            data[name] = np.asarray(values, dtype=dtype)
-        else:
-            data[name] = pd.Series(values, dtype=dtype) if dtype != "str" else values
+        category = _ANY if dtype is None else _category(dtype)
+        target = None if dtype is None else _numpy_dtype(dtype)
+        if category == _ANY or (category == _STR and dtype == "str"):
+            data[name] = values  # as sent: pandas infers the column's dtype
+        elif category == _FLOAT and target is not None:
+            data[name] = np.asarray([np.nan if v is None else v for v in values], dtype=target)
+        elif category in (_INT, _BOOL) and target is not None:
+            data[name] = np.asarray(values, dtype=target)
+        else:  # strings, categories, datetimes and pandas' nullable dtypes ("Int64"...)
+            data[name] = pd.Series(values, dtype=dtype)
     return pd.DataFrame(data)
 
 
-def split_predictions(predictions: Any, items: Sequence[Decoded]) -> list[np.ndarray[Any, Any]]:
-    """Cut one predict call's output back into each request's own rows."""
-    arr = np.asarray(predictions)
+def split_predictions(
+    outputs: Mapping[str, Any], items: Sequence[Decoded]
+) -> list[dict[str, np.ndarray[Any, Any]]]:
+    """Cut one batch's outputs (method -> what it returned) back into each request's rows.
+
+    Each request gets the outputs it asked for, in its own order.
+    """
     total = sum(it.rows for it in items)
-    if arr.ndim == 0 or arr.shape[0] != total:
-        raise ValueError(
-            f"the model returned {arr.shape[0] if arr.ndim else 'a scalar'} predictions"
-            f" for {total} rows"
-        )
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for method, predictions in outputs.items():
+        arr = np.asarray(predictions)
+        if arr.ndim == 0 or arr.shape[0] != total:
+            raise ValueError(
+                f"{method}() returned {arr.shape[0] if arr.ndim else 'a scalar'} rows"
+                f" for {total} input rows"
+            )
+        arrays[method] = arr
     out, start = [], 0
     for it in items:
-        out.append(arr[start : start + it.rows])
+        out.append({m: arrays[m][start : start + it.rows] for m in it.methods})
         start += it.rows
     return out

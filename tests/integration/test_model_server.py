@@ -1,10 +1,12 @@
 """model_server as a real process over real HTTP: every endpoint, every protocol, bad input.
 
 Covers health and metadata routes, KServe v1 (instances, records, dataframe_split,
-dataframe_records), OIP v2 (per-column tensors with BYTES, one 2-D tensor, requested outputs,
-binary tensors via tritonclient), input validation (4xx with the field named), the
-``x-mlshift-version`` header on every response, configuration via environment variables, and
-the /metrics families.
+dataframe_records, ``parameters.method``), OIP v2 (per-column tensors with BYTES, one 2-D tensor,
+requested outputs including ``predict`` and ``predict_proba`` together, binary tensors via
+tritonclient), input validation (400 with the field named, as the Open Inference Protocol
+answers a bad request; values overflowing the model's dtype included), 404/405/413 with ``Allow``
+on a 405, mixed-method requests batched concurrently, the ``x-mlshift-version`` header on every
+response, configuration via environment variables, and the /metrics families.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def test_server_and_model_metadata(rf_server: ServerProcess) -> None:
     assert model["versions"] == ["v1"]
     assert model["platform"] == "mlshift-sklearn"
     assert model["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
-    assert [o["name"] for o in model["outputs"]] == ["predict", "predict_proba"]
+    assert model["outputs"] == [
+        {"name": "predict", "datatype": "INT64", "shape": [-1]},  # the classes are int64
+        {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+    ]
 
 
 def test_env_configures_name_port_and_version(frame_server: ServerProcess) -> None:
@@ -139,6 +144,79 @@ def test_v2_requested_predict_proba(
     np.testing.assert_allclose(np.reshape(out["data"], (3, 2)), rf_model.predict_proba(X))
 
 
+def test_v2_predict_and_predict_proba_in_one_request(
+    rf_server: ServerProcess, rf_model: Any, array_data: Any
+) -> None:
+    X = array_data[0][:3]
+    body = {
+        "id": "both",
+        "inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP64", "data": X.ravel().tolist()}],
+        "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+    }
+    response = _post(rf_server, "/v2/models/rf/infer", body)
+    assert response.status_code == 200, response.text
+    predict, proba = response.json()["outputs"]
+    assert (predict["name"], predict["shape"]) == ("predict", [3])
+    assert predict["data"] == rf_model.predict(X).tolist()
+    assert (proba["name"], proba["shape"]) == ("predict_proba", [3, 2])
+    np.testing.assert_allclose(np.reshape(proba["data"], (3, 2)), rf_model.predict_proba(X))
+
+
+@pytest.mark.parametrize("path", ["/v1/models/rf:predict", "/v2/models/rf/infer"])
+def test_parameters_method_asks_for_probabilities(
+    rf_server: ServerProcess, rf_model: Any, array_data: Any, path: str
+) -> None:
+    X = array_data[0][:2]
+    if path.startswith("/v1"):
+        body: dict[str, Any] = {"instances": X.tolist()}
+    else:
+        tensor = {"name": "x", "shape": [2, 4], "datatype": "FP64", "data": X.ravel().tolist()}
+        body = {"inputs": [tensor]}
+    response = _post(rf_server, path, {**body, "parameters": {"method": "predict_proba"}})
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    got = doc["predictions"] if path.startswith("/v1") else doc["outputs"][0]["data"]
+    np.testing.assert_allclose(np.reshape(got, (2, 2)), rf_model.predict_proba(X))
+    if path.startswith("/v1"):
+        assert doc["classes"] == rf_model.classes_.tolist()  # the columns' labels
+
+
+def test_concurrent_mixed_method_requests_each_get_their_own_outputs(
+    rf_server: ServerProcess, rf_model: Any, array_data: Any
+) -> None:
+    import asyncio
+
+    X = array_data[0]
+    asked = [["predict"], ["predict", "predict_proba"], ["predict_proba"]] * 12
+
+    async def one(client: httpx.AsyncClient, i: int, names: list[str]) -> dict[str, Any]:
+        rows = X[i : i + 1 + i % 3]
+        tensor = {
+            "name": "x",
+            "shape": list(rows.shape),
+            "datatype": "FP64",
+            "data": rows.ravel().tolist(),
+        }
+        body = {"inputs": [tensor], "outputs": [{"name": n} for n in names]}
+        response = await client.post(f"{rf_server.url}/v2/models/rf/infer", json=body)
+        assert response.status_code == 200, response.text
+        return {o["name"]: o["data"] for o in response.json()["outputs"]}
+
+    async def run() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await asyncio.gather(*(one(client, i, n) for i, n in enumerate(asked)))
+
+    for i, (names, outputs) in enumerate(zip(asked, asyncio.run(run()), strict=True)):
+        rows = X[i : i + 1 + i % 3]
+        assert list(outputs) == names
+        if "predict" in outputs:
+            assert outputs["predict"] == rf_model.predict(rows).tolist()
+        if "predict_proba" in outputs:
+            np.testing.assert_allclose(
+                outputs["predict_proba"], rf_model.predict_proba(rows).ravel()
+            )
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_tritonclient_infers(
     rf_server: ServerProcess, rf_model: Any, array_data: Any, binary: bool
@@ -163,28 +241,28 @@ def test_tritonclient_infers(
 
 _RF_BAD = [
     ("/v1/models/rf:predict", b"{not json", 400, "body"),
-    ("/v1/models/rf:predict", {"rows": [[1, 2, 3, 4]]}, 422, "body"),
-    ("/v1/models/rf:predict", {"instances": []}, 422, "instances"),
-    ("/v1/models/rf:predict", {"instances": [[1.0, 2.0, 3.0]]}, 422, "instances"),
-    ("/v1/models/rf:predict", {"instances": [[1.0, 2.0], [1.0]]}, 422, "instances"),
-    ("/v1/models/rf:predict", {"instances": [["a", "b", "c", "d"]]}, 422, "instances"),
-    ("/v1/models/rf:predict", {"instances": [{"a": 1}]}, 422, "instances"),
+    ("/v1/models/rf:predict", {"rows": [[1, 2, 3, 4]]}, 400, "body"),
+    ("/v1/models/rf:predict", {"instances": []}, 400, "instances"),
+    ("/v1/models/rf:predict", {"instances": [[1.0, 2.0, 3.0]]}, 400, "instances"),
+    ("/v1/models/rf:predict", {"instances": [[1.0, 2.0], [1.0]]}, 400, "instances"),
+    ("/v1/models/rf:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "instances"),
+    ("/v1/models/rf:predict", {"instances": [{"a": 1}]}, 400, "instances"),
     (
         "/v2/models/rf/infer",
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3]}]},
-        422,
+        400,
         "x",
     ),
     (
         "/v2/models/rf/infer",
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP99", "data": [1, 2, 3, 4]}]},
-        422,
+        400,
         "x",
     ),
     (
         "/v2/models/rf/infer",
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["a"] * 4}]},
-        422,
+        400,
         "x",
     ),
     (
@@ -193,9 +271,35 @@ _RF_BAD = [
             "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}],
             "outputs": [{"name": "explain"}],
         },
-        422,
+        400,
         "outputs",
     ),
+    (
+        "/v2/models/rf/infer",
+        {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}],
+            "outputs": 5,
+        },
+        400,
+        "outputs",
+    ),
+    (
+        "/v2/models/rf/infer",
+        {"inputs": [{"name": "h", "shape": [1, 4], "datatype": "FP16", "data": [7e4, 0, 0, 0]}]},
+        400,
+        "h",
+    ),
+    (
+        "/v2/models/rf/infer",
+        {"inputs": [{"name": "u", "shape": [1, 4], "datatype": "UINT8", "data": [300, 0, 0, 0]}]},
+        400,
+        "u",
+    ),
+    ("/v2/models/rf/infer", {"inputs": [{"name": "x", "shape": [1, 4]}]}, 400, "x"),
+    ("/v2/models/rf/infer", {"inputs": 3}, 400, "inputs"),
+    ("/v2/models/rf/infer", {"inputs": [], "id": 7}, 400, "inputs"),
+    ("/v2/models/rf/infer", [1, 2], 400, "inputs"),
+    ("/v1/models/rf:predict", {"instances": [[1, 2, 3, 4]], "parameters": 1}, 400, "parameters"),
     ("/v2/models/other/infer", {"inputs": []}, 404, "model"),
     ("/v1/models/other:predict", {"instances": [[1, 2, 3, 4]]}, 404, "model"),
     ("/nope", {}, 404, "path"),
@@ -233,7 +337,7 @@ def test_dataframe_schema_errors(
     frame_server: ServerProcess, record: dict[str, Any], field: str, words: str
 ) -> None:
     response = _post(frame_server, "/v1/models/churn:predict", {"dataframe_records": [record]})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     assert response.json()["field"] == field
     assert words in response.json()["error"]
 
@@ -247,7 +351,7 @@ def test_v2_bytes_into_numeric_column_is_refused(frame_server: ServerProcess) ->
         ]
     }
     response = _post(frame_server, "/v2/models/churn/infer", body)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["field"] == "tenure"
 
 
@@ -260,9 +364,24 @@ def test_oversized_body_gets_413(rf_server: ServerProcess) -> None:
     assert httpx.get(f"{rf_server.url}/v2/health/ready").status_code == 200
 
 
-def test_wrong_method_gets_405(rf_server: ServerProcess) -> None:
-    response = httpx.get(f"{rf_server.url}/v1/models/rf:predict")
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/models/rf:predict", "POST"),
+        ("PUT", "/v2/models/rf/infer", "POST"),
+        ("GET", "/v2/models/rf/versions/v1/infer", "POST"),
+        ("POST", "/v2/models/rf", "GET, HEAD"),
+        ("DELETE", "/v2/health/ready", "GET, HEAD"),
+        ("PATCH", "/v2", "GET, HEAD"),
+    ],
+)
+def test_wrong_method_gets_405_with_allow(
+    rf_server: ServerProcess, method: str, path: str, allow: str
+) -> None:
+    response = httpx.request(method, f"{rf_server.url}{path}")
     assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json()["field"] == "method"
 
 
 # ---------------------------------------------------------------- metrics
@@ -278,7 +397,7 @@ def test_metrics_families(rf_server: ServerProcess, array_data: Any) -> None:
     text = response.text
     labels = 'model="rf",route="/v1/models/{m}:predict",version="v1"'
     assert f'mlshift_requests_total{{code="200",{labels}}}' in text
-    assert f'mlshift_requests_total{{code="422",{labels}}}' in text
+    assert f'mlshift_requests_total{{code="400",{labels}}}' in text
     assert f'mlshift_request_duration_seconds_bucket{{le="0.0001",{labels}}}' in text
     assert 'mlshift_batch_size_count{model="rf",version="v1"}' in text
     assert 'mlshift_predictions_total{class="0",model="rf",version="v1"}' in text

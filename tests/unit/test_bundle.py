@@ -1,5 +1,10 @@
 """Bundles: round trips for every flavor, digest tampering, schema inference, version warnings.
 
+Schema inference covers samples and, without one, what the fitted model remembers (feature
+names of estimators, Pipelines, XGBoost and LightGBM; the width of unnamed arrays); the output
+datatypes recorded for model metadata are checked for classifiers with int and string labels,
+a regressor, XGBoost and LightGBM.
+
 Writes bundles into pytest's tmp_path and reads them back with model_server's reader; no
 network, no processes.
 """
@@ -87,7 +92,15 @@ def test_manifest_fields_for_a_classifier(tmp_path: Path, data: Any) -> None:
     X, y = data
     info = write_bundle(_models(X, y)["sklearn-forest"], "v2", sample=X[:3], dest=tmp_path / "b")
     m = info.manifest
-    assert m["output"] == {"method": "predict", "task": "classification", "classes": [0, 1]}
+    assert m["output"] == {
+        "method": "predict",
+        "task": "classification",
+        "classes": [0, 1],
+        "tensors": [
+            {"name": "predict", "datatype": "INT64", "shape": [-1]},
+            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+        ],
+    }
     assert m["input_schema"] == {"kind": "array", "shape": [None, 5], "dtype": "float64"}
     assert m["requirements"]["scikit-learn"].count(".") >= 1
     assert m["version"] == "v2"
@@ -178,7 +191,7 @@ def test_manifest_problems_are_named(tmp_path: Path) -> None:
     info = write_bundle(EchoModel(), "v1", dest=tmp_path / "b")
     path = info.path / "mlshift.json"
     manifest = json.loads(path.read_text())
-    path.write_text(json.dumps({**manifest, "format_version": 2}))
+    path.write_text(json.dumps({**manifest, "format_version": 3}))
     with pytest.raises(BundleReadError, match="upgrade model_server"):
         read_manifest(info.path)
     path.write_text("{")
@@ -227,3 +240,152 @@ def test_the_same_model_gives_the_same_digest(tmp_path: Path) -> None:
     assert first.serializer == "skops"
     assert first.sha256 == second.sha256
     assert (load_bundle(second.path).model.predict(X) == model.predict(X)).all()
+
+
+# ---------------------------------------------------------------- without a sample
+
+
+@pytest.fixture(scope="module")
+def frame() -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(5)
+    X = pd.DataFrame(
+        {
+            "tenure": rng.integers(0, 60, size=80),
+            "spend": rng.normal(50, 10, size=80),
+            "plan": rng.choice(["basic", "pro"], size=80).astype(object),
+        }
+    )
+    return X, (X["tenure"] > 30).to_numpy().astype(np.int64)
+
+
+def _columns(info: BundleInfo) -> list[tuple[str, str]]:
+    schema = info.manifest["input_schema"]
+    assert schema["kind"] == "dataframe"
+    return [(c["name"], c["dtype"]) for c in schema["columns"]]
+
+
+def test_pipeline_without_sample_records_its_columns(tmp_path: Path, frame: Any) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    X, y = frame
+    prep = ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough")
+    model = Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=300))]).fit(X, y)
+    info = write_bundle(model, "v1", dest=tmp_path / "b")
+    assert sorted(_columns(info)) == [
+        ("plan", "object"),
+        ("spend", "float64"),
+        ("tenure", "float64"),
+    ]
+
+
+def test_estimators_without_sample_record_names_or_width(tmp_path: Path, frame: Any) -> None:
+    from sklearn.ensemble import RandomForestRegressor
+
+    X, y = frame
+    numeric = X[["tenure", "spend"]]
+    named = write_bundle(
+        RandomForestRegressor(n_estimators=3).fit(numeric, y), "v1", dest=tmp_path / "a"
+    )
+    assert _columns(named) == [("tenure", "float64"), ("spend", "float64")]
+    unnamed = RandomForestRegressor(n_estimators=3).fit(numeric.to_numpy(), y)
+    info = write_bundle(unnamed, "v1", dest=tmp_path / "b")
+    assert info.manifest["input_schema"] == {
+        "kind": "array",
+        "shape": [None, 2],
+        "dtype": "float64",
+    }
+    assert write_bundle(EchoModel(), "v1", dest=tmp_path / "c").manifest["input_schema"] is None
+
+
+def test_columns_of_unknown_dtype_take_any_value_and_need_format_2(
+    tmp_path: Path, frame: Any
+) -> None:
+    from sklearn.dummy import DummyClassifier
+
+    X, y = frame
+    model = DummyClassifier().fit(X, y)  # takes any columns, so nothing says their dtypes
+    info = write_bundle(model, "v1", dest=tmp_path / "b")
+    assert _columns(info) == [("tenure", "any"), ("spend", "any"), ("plan", "any")]
+    assert info.manifest["format_version"] == 2  # format-1 readers do not know "any"
+    loaded = load_bundle(info.path).model
+    assert loaded.predict(X[:2]).tolist() == model.predict(X[:2]).tolist()
+    numeric = write_bundle(
+        DummyClassifier().fit(X[["tenure"]].to_numpy(), y), "v1", dest=tmp_path / "c"
+    )
+    assert numeric.manifest["input_schema"]["dtype"] == "any"
+    assert write_bundle(EchoModel(), "v1", dest=tmp_path / "d").manifest["format_version"] == 1
+
+
+@pytest.mark.slow  # first use of xgboost and lightgbm imports them (~2-5 s)
+def test_boosters_without_sample_record_their_feature_names(tmp_path: Path, frame: Any) -> None:
+    import lightgbm
+    import xgboost
+
+    X, y = frame
+    numeric = X[["tenure", "spend"]]
+    with_categories = X.assign(plan=X["plan"].astype("category"))
+    cases = {
+        "xgb": (xgboost.XGBClassifier(n_estimators=2), numeric),
+        "xgb-cat": (
+            xgboost.XGBClassifier(n_estimators=2, enable_categorical=True),
+            with_categories,
+        ),
+        "lgbm": (lightgbm.LGBMClassifier(n_estimators=2, verbose=-1), numeric),
+        "lgbm-cat": (lightgbm.LGBMClassifier(n_estimators=2, verbose=-1), with_categories),
+    }
+    for key, (model, data) in cases.items():
+        info = write_bundle(model.fit(data, y), "v1", dest=tmp_path / key)
+        expected = [(c, "category" if c == "plan" else "float64") for c in data.columns]
+        assert _columns(info) == expected, key
+    for key, model in {
+        "xgb-array": xgboost.XGBRegressor(n_estimators=2),
+        "lgbm-array": lightgbm.LGBMRegressor(n_estimators=2, verbose=-1),  # names Column_<i>
+    }.items():
+        info = write_bundle(model.fit(numeric.to_numpy(), y), "v1", dest=tmp_path / key)
+        assert info.manifest["input_schema"] == {
+            "kind": "array",
+            "shape": [None, 2],
+            "dtype": "float64",
+        }, key
+
+
+@pytest.mark.slow  # xgboost and lightgbm
+@pytest.mark.parametrize("with_sample", [True, False])
+def test_output_datatypes_are_recorded(tmp_path: Path, frame: Any, with_sample: bool) -> None:
+    import lightgbm
+    import xgboost
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    X, y = frame
+    numeric = X[["tenure", "spend"]]
+    cases = {
+        "int-labels": (LogisticRegression().fit(numeric, y), "INT64", "FP64"),
+        "str-labels": (
+            LogisticRegression().fit(numeric, np.where(y, "yes", "no")),
+            "BYTES",
+            "FP64",
+        ),
+        "regressor": (LinearRegression().fit(numeric, y * 1.5), "FP64", None),
+        "xgboost": (xgboost.XGBClassifier(n_estimators=2).fit(numeric, y), "INT64", "FP32"),
+        "lightgbm": (
+            lightgbm.LGBMClassifier(n_estimators=2, verbose=-1).fit(numeric, y),
+            "INT64",
+            "FP64",
+        ),
+    }
+    for key, (model, predict, proba) in cases.items():
+        sample = numeric[:4] if with_sample else None
+        info = write_bundle(model, "v1", sample=sample, dest=tmp_path / key)
+        tensors = {t["name"]: t for t in info.manifest["output"]["tensors"]}
+        assert tensors["predict"] == {"name": "predict", "datatype": predict, "shape": [-1]}, key
+        if proba is None:
+            assert "predict_proba" not in tensors, key
+        else:
+            assert tensors["predict_proba"] == {
+                "name": "predict_proba",
+                "datatype": proba,
+                "shape": [-1, 2],
+            }, key

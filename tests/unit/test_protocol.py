@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from model_server._errors import InvalidInput
-from model_server._oip import decode_v2, encode_v2
+from model_server._oip import V2Request, decode_v2, encode_v2
 from model_server._protocol import (
     Decoded,
     InputSchema,
@@ -77,26 +77,26 @@ def test_v1_dataframe_forms_agree(doc: dict[str, Any]) -> None:
     ("doc", "schema", "field", "status"),
     [
         (b"[1,", ARRAY, "body", 400),
-        ([1, 2], ARRAY, "body", 422),
-        ({"instances": "x"}, ARRAY, "instances", 422),
-        ({"instances": [[1, 2]]}, ARRAY, "instances", 422),
-        ({"instances": [[1, None, 3]]}, ARRAY, "instances", 422),
-        ({"instances": [[1, 2, 3], [1, 2]]}, ARRAY, "instances", 422),
-        ({"instances": [{"a": 1}]}, ARRAY, "instances", 422),
-        ({"instances": [[30, 1.5]]}, FRAME, "instances", 422),
-        ({"dataframe_records": [{"age": 1, "income": 2.0}]}, FRAME, "plan", 422),
-        ({"dataframe_records": [{"age": True, "income": 2.0, "plan": "a"}]}, FRAME, "age", 422),
+        ([1, 2], ARRAY, "body", 400),
+        ({"instances": "x"}, ARRAY, "instances", 400),
+        ({"instances": [[1, 2]]}, ARRAY, "instances", 400),
+        ({"instances": [[1, None, 3]]}, ARRAY, "instances", 400),
+        ({"instances": [[1, 2, 3], [1, 2]]}, ARRAY, "instances", 400),
+        ({"instances": [{"a": 1}]}, ARRAY, "instances", 400),
+        ({"instances": [[30, 1.5]]}, FRAME, "instances", 400),
+        ({"dataframe_records": [{"age": 1, "income": 2.0}]}, FRAME, "plan", 400),
+        ({"dataframe_records": [{"age": True, "income": 2.0, "plan": "a"}]}, FRAME, "age", 400),
         (
             {"dataframe_records": [{"age": 1, "income": 2.0, "plan": "a"}, {"age": 1}]},
             FRAME,
             "income",
-            422,
+            400,
         ),
         (
             {"dataframe_split": {"columns": ["age"], "data": [[1, 2]]}},
             FRAME,
             "dataframe_split.data",
-            422,
+            400,
         ),
         ({"dataframe_records": [{"x": "a"}]}, NONE, None, None),
     ],
@@ -122,9 +122,9 @@ def test_v2_json_array_and_requested_output() -> None:
         ],
         "outputs": [{"name": "predict_proba"}],
     }
-    decoded, request_id = decode_v2(orjson.dumps(doc), ARRAY, "predict")
-    assert request_id == "a"
-    assert decoded.method == "predict_proba"
+    decoded, request = decode_v2(orjson.dumps(doc), ARRAY, "predict")
+    assert request == V2Request(request_id="a")
+    assert decoded.methods == ("predict_proba",)
     assert decoded.array is not None and decoded.array.dtype == np.float64
     assert decoded.array.shape == (2, 3)
 
@@ -211,7 +211,7 @@ def test_v2_refusals_name_the_input(inputs: list[Any], schema: InputSchema, fiel
     with pytest.raises(InvalidInput) as caught:
         _v2({"inputs": inputs}, schema)
     assert caught.value.field == field
-    assert caught.value.status == 422
+    assert caught.value.status == 400
 
 
 def test_v2_unknown_output_and_empty_inputs() -> None:
@@ -232,10 +232,10 @@ def test_merge_and_split_keep_each_callers_rows() -> None:
     assert a.key == b.key
     merged = to_model_input([a, b], ARRAY)
     np.testing.assert_array_equal(merged[:, 0], [1, 2, 3])
-    parts = split_predictions(merged[:, 0], [a, b])
-    assert [p.tolist() for p in parts] == [[1.0], [2.0, 3.0]]
-    with pytest.raises(ValueError, match="returned 2 predictions for 3 rows"):
-        split_predictions([1, 2], [a, b])
+    parts = split_predictions({"predict": merged[:, 0]}, [a, b])
+    assert [p["predict"].tolist() for p in parts] == [[1.0], [2.0, 3.0]]
+    with pytest.raises(ValueError, match=r"predict\(\) returned 2 rows for 3 input rows"):
+        split_predictions({"predict": [1, 2]}, [a, b])
 
 
 def test_frame_merge_uses_schema_dtypes_and_order() -> None:
@@ -252,12 +252,16 @@ def test_frame_merge_uses_schema_dtypes_and_order() -> None:
 def test_encoders() -> None:
     v1 = orjson.loads(encode_v1(np.array(["yes", "no"], dtype=object), "churn", "v2"))
     assert v1 == {"predictions": ["yes", "no"], "model": "churn", "version": "v2"}
-    v2 = orjson.loads(encode_v2(np.array([[0.25, 0.75]]), "predict_proba", "churn", "v2", "id-1"))
+    body, header = encode_v2(
+        {"predict_proba": np.array([[0.25, 0.75]])}, "churn", "v2", V2Request(request_id="id-1")
+    )
+    v2 = orjson.loads(body)
+    assert header is None
     assert v2["id"] == "id-1"
     assert v2["outputs"] == [
         {"name": "predict_proba", "shape": [1, 2], "datatype": "FP64", "data": [0.25, 0.75]}
     ]
-    ints = orjson.loads(encode_v2(np.array([1, 0], dtype=np.int32), "predict", "m", "v"))
+    ints = orjson.loads(encode_v2({"predict": np.array([1, 0], dtype=np.int32)}, "m", "v")[0])
     assert ints["outputs"][0]["datatype"] == "INT32"
     nan = orjson.loads(encode_v1(np.array([np.nan, 1.0]), "m", "v"))
     assert nan["predictions"] == [None, 1.0]

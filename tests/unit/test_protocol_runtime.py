@@ -1,5 +1,7 @@
 """The server's pure runtime pieces: adaptive batching, settings from flags/env, metric families.
 
+Batching keeps requests for different methods (predict, predict_proba, both) in separate calls.
+
 The batcher runs on pytest-asyncio's loop with a plain function as the model; no sockets.
 """
 
@@ -22,8 +24,8 @@ from model_server._settings import Settings, parse_settings
 SCHEMA = InputSchema.from_manifest({"kind": "array", "shape": [None, 1], "dtype": "float64"})
 
 
-def _rows(*values: float) -> Decoded:
-    return Decoded(rows=len(values), method="predict", array=np.array([[v] for v in values]))
+def _rows(*values: float, methods: tuple[str, ...] = ("predict",)) -> Decoded:
+    return Decoded(rows=len(values), methods=methods, array=np.array([[v] for v in values]))
 
 
 class SlowEcho:
@@ -40,7 +42,7 @@ class SlowEcho:
         time.sleep(0.02)
         if (X < 0).any():
             raise ValueError("negative")
-        return X[:, 0] * 10
+        return dict.fromkeys(items[0].methods, X[:, 0] * 10)
 
 
 async def test_concurrent_requests_are_coalesced_and_split_back() -> None:
@@ -53,7 +55,7 @@ async def test_concurrent_requests_are_coalesced_and_split_back() -> None:
     finally:
         await batcher.stop()
     for i, result in enumerate(results):
-        assert result.tolist() == [i * 10, (i + 0.5) * 10]
+        assert result["predict"].tolist() == [i * 10, (i + 0.5) * 10]
     assert sum(model.calls) == 80
     assert max(model.calls) <= 16
     assert len(model.calls) < 40  # coalesced
@@ -72,10 +74,10 @@ async def test_a_failing_request_does_not_fail_its_batch_neighbours() -> None:
         )
     finally:
         await batcher.stop()
-    assert outcomes[0].tolist() == [10.0]  # type: ignore[union-attr]
+    assert outcomes[0]["predict"].tolist() == [10.0]  # type: ignore[index]
     assert isinstance(outcomes[1], ModelCallError)
     assert "ValueError: negative" in outcomes[1].message
-    assert outcomes[2].tolist() == [20.0]  # type: ignore[union-attr]
+    assert outcomes[2]["predict"].tolist() == [20.0]  # type: ignore[index]
 
 
 async def test_max_wait_collects_a_batch_and_oversized_requests_run_alone() -> None:
@@ -92,6 +94,30 @@ async def test_max_wait_collects_a_batch_and_oversized_requests_run_alone() -> N
         await batcher.stop()
     assert model.calls[0] == 2  # the wait let the second request join the first
     assert 10 in model.calls
+
+
+async def test_requests_for_different_methods_never_share_a_call() -> None:
+    model = SlowEcho()
+    method_sets: list[set[tuple[str, ...]]] = []  # per model call: the method tuples in it
+
+    def predict(items: Sequence[Decoded]) -> Any:
+        method_sets.append({it.methods for it in items})
+        return model(items)
+
+    batcher = Batcher(predict, max_batch_size=64)
+    batcher.start()
+    asked = [("predict",), ("predict", "predict_proba"), ("predict_proba",)] * 6
+    try:
+        results = await asyncio.gather(
+            *(batcher.submit(_rows(i, methods=m)) for i, m in enumerate(asked))
+        )
+    finally:
+        await batcher.stop()
+    for i, (methods, result) in enumerate(zip(asked, results, strict=True)):
+        assert tuple(result) == methods  # exactly the outputs asked for, in that order
+        assert all(r.tolist() == [i * 10] for r in result.values())
+    assert all(len(s) == 1 for s in method_sets)  # one method set per model call
+    assert len(method_sets) < len(asked)  # and same-method requests still coalesce
 
 
 def test_settings_flags_then_env_then_defaults() -> None:
