@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from mlshift._durations import parse_duration
 from mlshift._exceptions import InvalidArgumentError, MlshiftError, UnknownVersionError
@@ -28,6 +28,7 @@ __all__ = ["CanaryResult", "Gate", "Verdict", "canary", "judge", "run_canary"]
 
 log = logging.getLogger("mlshift.canary")
 Verdict = Literal["pass", "fail", "inconclusive"]
+_TIME_DTYPE: Final = "datetime64[ns, UTC]"  # the timestamp dtype of every mlshift frame
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ class CanaryResult:
         return f"<CanaryResult {self.version}: {self.outcome} after {len(self.checks)} checks>"
 
     def to_frame(self) -> pd.DataFrame:
-        """The checks as a DataFrame: time, weight, verdict, reason."""
+        """The checks as a DataFrame: time (UTC), weight, verdict, reason."""
         import pandas as pd
 
-        return pd.DataFrame(self.checks, columns=["time", "weight", "verdict", "reason"])
+        frame = pd.DataFrame(self.checks, columns=["time", "weight", "verdict", "reason"])
+        # Checks record epoch seconds; show them as UTC timestamps, like every other frame.
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True).astype(_TIME_DTYPE)
+        return frame
 
 
 def canary(

@@ -4,13 +4,20 @@
 ``x-mlshift-version`` header every model server sets). ``TrafficRun`` sends single-row
 requests at a fixed rate from a background thread for a bounded time, so a notebook can
 watch weights move while traffic flows; it always stops by itself.
+
+Rows go out as the user has them: a DataFrame column by column in its own dtype (ints stay
+ints, floats floats, booleans, strings; missing values become null), a list of dicts as rows
+with those columns, lists as they are, arrays through numpy. ``method="predict_proba"`` asks
+the server for class probabilities (``"parameters": {"method": ...}`` in the KServe v1 body).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,27 +25,96 @@ import orjson
 
 from mlshift._exceptions import InvalidArgumentError, InvalidDataError, MlshiftError
 
-__all__ = ["TrafficRun", "encode_rows", "predict"]
+__all__ = ["METHODS", "TrafficRun", "encode_rows", "predict"]
 
 log = logging.getLogger("mlshift.client")
 VERSION_HEADER = "x-mlshift-version"
+METHODS = ("predict", "predict_proba")
+"""What ``method=`` may ask of a version's model (the model server's methods)."""
+
+Rows = tuple[list[str] | None, list[Any]]
+"""Column names (None: positional instances) and the rows, each a list of plain values."""
 
 
-def encode_rows(data: Any) -> list[bytes]:
-    """Return one KServe v1 request body per row of ``data`` (DataFrame, array or list)."""
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InvalidArgumentError(
+            f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}"
+        )
+    return method
+
+
+def _is_rows(value: Any) -> bool:
+    import numpy as np
+    import pandas as pd
+
+    return isinstance(value, list | tuple | np.ndarray | pd.Series)
+
+
+def _records(records: list[Mapping[Any, Any]]) -> Rows:
+    """Rows of dicts as a table: the keys in first-seen order, a missing key as null."""
+    keys: dict[Any, None] = {}
+    for record in records:
+        keys.update(dict.fromkeys(record))
+    return [str(k) for k in keys], [[r.get(k) for k in keys] for r in records]
+
+
+def _frame_rows(frame: Any) -> Rows:
+    """A DataFrame's rows, each column in its own dtype (``tolist`` gives Python scalars)."""
+    columns = [frame.iloc[:, j].tolist() for j in range(frame.shape[1])]
+    return [str(c) for c in frame.columns], [list(row) for row in zip(*columns, strict=True)]
+
+
+def _rows(data: Any) -> Rows:
+    """Turn what a user passes (DataFrame, dict, list of dicts, lists, array) into rows."""
     import numpy as np
     import pandas as pd
 
     if isinstance(data, pd.DataFrame):
-        cols = [str(c) for c in data.columns]
-        return [
-            _dumps({"dataframe_split": {"columns": cols, "data": [row]}})
-            for row in data.itertuples(index=False, name=None)
-        ]
+        return _frame_rows(data)
+    if isinstance(data, Mapping):
+        if data and all(_is_rows(v) for v in data.values()):  # columns: {"a": [1, 2], ...}
+            return _frame_rows(pd.DataFrame(dict(data)))
+        return _records([data])  # one row: {"a": 1, ...}
+    if isinstance(data, list | tuple) and data:
+        if all(isinstance(r, Mapping) for r in data):
+            return _records(list(data))
+        if any(isinstance(r, Mapping) for r in data):
+            raise InvalidDataError(
+                "rows mix dicts and other values; pass a list of dicts (one per row), a list"
+                " of lists or a DataFrame"
+            )
+        if all(_is_rows(r) for r in data):  # rows as given: no upcast of ints to floats
+            return None, [r.tolist() if hasattr(r, "tolist") else list(r) for r in data]
+        if not any(_is_rows(r) for r in data):
+            return None, [list(data)]  # one row of values
     rows = np.asarray(data)
     if rows.ndim == 1:
         rows = rows.reshape(1, -1)
-    return [_dumps({"instances": [row.tolist()]}) for row in rows]
+    return None, rows.tolist()
+
+
+def _request(columns: list[str] | None, rows: list[Any], method: str) -> dict[str, Any]:
+    doc: dict[str, Any] = (
+        {"instances": rows}
+        if columns is None
+        else {"dataframe_split": {"columns": columns, "data": rows}}
+    )
+    if method != "predict":  # the server's default; older servers know no parameters
+        doc["parameters"] = {"method": method}
+    return doc
+
+
+def encode_rows(data: Any, *, method: str = "predict") -> list[bytes]:
+    """Return one KServe v1 request body per row of ``data`` (see ``predict`` for the forms).
+
+    Example:
+        >>> encode_rows([{"tenure": 3, "plan": "pro"}])
+        [b'{"dataframe_split":{"columns":["tenure","plan"],"data":[[3,"pro"]]}}']
+    """
+    _check_method(method)
+    columns, rows = _rows(data)
+    return [_dumps(_request(columns, [row], method)) for row in rows]
 
 
 def _dumps(payload: Any) -> bytes:
@@ -56,63 +132,140 @@ def _dumps(payload: Any) -> bytes:
 
 
 def _default(value: Any) -> Any:
+    """What orjson cannot write itself: numpy scalars, pandas' missing values, timestamps."""
     import numpy as np
+    import pandas as pd
 
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.datetime64):
+        return None if np.isnat(value) else pd.Timestamp(value).isoformat()
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, datetime.date):  # pandas Timestamps (a datetime subclass) too
+        return value.isoformat()
     raise InvalidDataError(
         f"cannot send {type(value).__name__} values to a model server; convert the column to"
         " numbers, strings or booleans first (e.g. df[col].astype(str))"
     )
 
 
-def _body(data: Any) -> bytes:
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(data, pd.DataFrame):
-        split = {"columns": [str(c) for c in data.columns], "data": data.to_numpy().tolist()}
-        return _dumps({"dataframe_split": split})
-    rows = np.asarray(data)
-    if rows.ndim == 1:
-        rows = rows.reshape(1, -1)
-    return _dumps({"instances": rows.tolist()})
+def _body(data: Any, method: str = "predict") -> bytes:
+    columns, rows = _rows(data)
+    return _dumps(_request(columns, rows, method))
 
 
-def predict(url: str, model: str, data: Any, *, timeout: float = 30.0) -> Any:
+def predict(
+    url: str, model: str, data: Any, *, method: str = "predict", timeout: float = 30.0
+) -> Any:
     """Post ``data`` to ``url`` and return a DataFrame of predictions with the serving version.
+
+    ``data`` is a DataFrame (sent column by column in its own dtypes), a list of dicts (one
+    per row), a dict (one row, or columns of lists), a list of rows or an array. With
+    ``method="predict"`` the frame has ``prediction`` and ``version``; with
+    ``method="predict_proba"`` one column per class and ``version``. The class columns are
+    named by the class labels when the answering version announces them (``classes`` in the
+    answer, or ``parameters.classes`` in its model metadata ``GET /v2/models/{m}/versions/
+    {v}``); otherwise they are ``0 .. k-1``, in the model's class order (``classes_``).
 
     Example:
         >>> predict(ep.url, "churn", X[:3])  # doctest: +SKIP
            prediction version
         0           1       v1
+        >>> predict(ep.url, "churn", X[:1], method="predict_proba")  # doctest: +SKIP
+              0     1 version
+        0  0.91  0.09      v1
     """
     import httpx
     import pandas as pd
 
+    body = _body(data, _check_method(method))
     try:
         # trust_env=False: a notebook's HTTP_PROXY must not capture calls to the endpoint.
-        response = httpx.post(
-            f"{url}/v1/models/{model}:predict",
-            content=_body(data),
-            headers={"content-type": "application/json"},
-            timeout=timeout,
-            trust_env=False,
-        )
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            response = client.post(
+                f"{url}/v1/models/{model}:predict",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            version = response.headers.get(VERSION_HEADER, "")
+            if response.status_code >= 400:
+                raise MlshiftError(
+                    f"the endpoint answered {response.status_code} (version"
+                    f" {version or 'unknown'}): {response.text[:500]}"
+                )
+            doc = _answer(response.content, version)
+            if method == "predict":
+                frame = pd.DataFrame({"prediction": doc["predictions"]})
+            else:
+                frame = _proba_frame(doc["predictions"], version)
+                classes = _classes(doc) or _version_classes(client, url, model, version)
+                if classes is not None and len(classes) == frame.shape[1]:
+                    frame.columns = pd.Index(classes)
     except httpx.HTTPError as exc:
         raise MlshiftError(
             f"could not reach the endpoint at {url}: {exc}; check ep.status() for down versions"
         ) from exc
-    version = response.headers.get(VERSION_HEADER, "")
-    if response.status_code >= 400:
-        raise MlshiftError(
-            f"the endpoint answered {response.status_code} (version {version or 'unknown'}):"
-            f" {response.text[:500]}"
-        )
-    predictions = orjson.loads(response.content)["predictions"]
-    frame = pd.DataFrame({"prediction": predictions})
     frame["version"] = version
     return frame
+
+
+def _answer(content: bytes, version: str) -> dict[str, Any]:
+    """A v1 answer, checked to hold a list of ``predictions``."""
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise MlshiftError(
+            f"version {version or 'unknown'} answered something that is not JSON: {exc}"
+        ) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("predictions"), list):
+        raise MlshiftError(
+            f"version {version or 'unknown'} answered without a list of predictions:"
+            f" {content[:200]!r}"
+        )
+    return doc
+
+
+def _proba_frame(rows: list[Any], version: str) -> Any:
+    """One column per class from a ``predict_proba`` answer: ``0 .. k-1``, the model's order."""
+    import pandas as pd
+
+    if not all(isinstance(r, list) for r in rows):
+        raise MlshiftError(
+            f"version {version or 'unknown'} answered predictions, not class probabilities: its"
+            " model server ignores method='predict_proba' (an older model_server); deploy the"
+            " version again with this mlshift"
+        )
+    return pd.DataFrame(rows, columns=range(len(rows[0])) if rows else None)
+
+
+def _classes(doc: Any) -> list[Any] | None:
+    """Class labels a response or model metadata carries (``classes``, or in ``parameters``)."""
+    if not isinstance(doc, dict):
+        return None
+    for holder in (doc, doc.get("parameters")):
+        if isinstance(holder, dict) and isinstance(holder.get("classes"), list):
+            return list(holder["classes"])
+    for output in doc.get("outputs") or []:
+        if isinstance(output, dict) and output.get("name") == "predict_proba":
+            found = _classes(output)
+            if found is not None:
+                return found
+    return None
+
+
+def _version_classes(client: Any, url: str, model: str, version: str) -> list[Any] | None:
+    """The classes in the model metadata of ``version`` (pinned: another version may differ)."""
+    import httpx
+
+    if not version:
+        return None
+    try:
+        response = client.get(f"{url}/v2/models/{model}/versions/{version}")
+        return _classes(orjson.loads(response.content)) if response.status_code == 200 else None
+    except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        log.debug("no model metadata from %s version %s: %s", url, version, exc)
+        return None
 
 
 class TrafficRun:
@@ -122,6 +275,7 @@ class TrafficRun:
     far; ``wait()`` blocks until the run ends, ``stop()`` ends it early. At most
     ``concurrency`` requests are in flight: when the endpoint is too slow to keep up, sends
     are skipped (counted in ``skipped``) rather than queued, so the run ends on time.
+    ``method`` is what each request asks of the model (``"predict"`` or ``"predict_proba"``).
 
     Example:
         >>> run = ep.send(X, rps=50, duration="30s")  # doctest: +SKIP
@@ -138,13 +292,14 @@ class TrafficRun:
         duration: float,
         concurrency: int = 16,
         timeout: float = 10.0,
+        method: str = "predict",
     ) -> None:
         if rps <= 0 or rps > 5000:
             raise InvalidArgumentError(f"rps must be within (0, 5000], got {rps!r}")
         if duration <= 0 or duration > 3600:
             raise InvalidArgumentError(f"duration must be within (0 s, 1 h], got {duration!r} s")
         self.url, self.model, self.rps, self.duration = url, model, float(rps), float(duration)
-        self._bodies = encode_rows(data)
+        self._bodies = encode_rows(data, method=method)
         if not self._bodies:
             raise InvalidArgumentError(
                 "send() needs at least one row of data; pass a non-empty DataFrame, array or list"

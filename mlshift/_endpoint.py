@@ -17,6 +17,8 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from mlshift._exceptions import (
+    APIError,
+    ConfigError,
     InvalidArgumentError,
     InvalidWeightsError,
     MlshiftError,
@@ -29,6 +31,7 @@ from mlshift._state import EndpointState
 from mlshift._traffic import TrafficVerbs, retry_on_conflict
 
 if TYPE_CHECKING:
+    from mlshift._bundle_info import BundleInfo
     from mlshift._canary import CanaryResult
     from mlshift._display import Version
 
@@ -122,8 +125,10 @@ class Endpoint(TrafficVerbs):
                         f" ep.remove({version!r}) first"
                     )
                 if version in old.traffic.weights:
-                    log.info("%s/%s is already deployed with this model", self.name, version)
-                    return Plan(old, (), seen.history) if dry_run else self.versions[version]
+                    if dry_run:
+                        return Plan(old, (), seen.history)
+                    self._restart_if_down(bundle, version, old)
+                    return self.versions[version]
             spec = self.target.prepare_version(bundle, self.name, version, dry_run=dry_run)
         spec = dataclasses.replace(spec, replicas=replicas)
         base = old or EndpointState(
@@ -138,6 +143,22 @@ class Endpoint(TrafficVerbs):
         status = self.engine.status(plan.state)
         self._applied = dataclasses.replace(self._applied, status=status)
         return self.versions[version]
+
+    def _restart_if_down(self, bundle: BundleInfo, version: str, state: EndpointState) -> None:
+        """Deploying a version again with the model it has: a no-op while it is ready; while
+        it is down (its process crashed, its bundle copy was damaged) the bundle is put in
+        place again and the version restarted, where the target can (local: revive)."""
+        status = self.engine.status(state, [version]).get(version)
+        if status is None or status.ready:
+            log.info("%s/%s is already deployed with this model", self.name, version)
+            return
+        if "revive" not in self.engine.capabilities:
+            log.warning("%s/%s is deployed but not ready: %s", self.name, version, status.reason)
+            return
+        log.info("%s/%s is down (%s); restarting it", self.name, version, status.reason)
+        self.target.prepare_version(bundle, self.name, version)
+        self.engine.revive(state)
+        self._applied = dataclasses.replace(self._applied, status=self.engine.status(state))
 
     @overload
     def remove(self, version: str, *, dry_run: Literal[False] = ...) -> Endpoint: ...
@@ -203,7 +224,15 @@ class Endpoint(TrafficVerbs):
         Example:
             >>> ep.delete()  # doctest: +SKIP
         """
-        state = self._base(dry_run=dry_run).state
+        try:
+            state = self._base(dry_run=dry_run).state
+        except (ConfigError, APIError):
+            raise
+        except MlshiftError as exc:
+            # Damaged stored state must not keep the endpoint from being deleted (removing its
+            # files by hand would orphan its processes): the engine deletes what it finds.
+            log.warning("deleting %s without its stored state: %s", self.name, exc)
+            state = None
         plan = plan_delete(state or EndpointState(self.name, namespace=self.target.namespace()))
         if dry_run:
             return plan

@@ -10,6 +10,8 @@ method; what only some targets can do is declared in ``capabilities`` (an engine
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -23,8 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Capability", "Engine", "Target", "VersionStatus"]
 
-Capability = Literal["revive"]
-"""Optional abilities of an engine: ``"revive"`` restarts versions whose process died."""
+Capability = Literal["revive", "fast-load"]
+"""Optional abilities of an engine: ``"revive"`` restarts versions whose process died;
+``"fast-load"``: ``load`` reads local files only (no network), so the facade's reading
+properties (``ep.weights``, ``ep.versions``, the repr) re-read the live state every time."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,12 @@ class Engine(Protocol):
         """Return the endpoint's applied state and traffic history, or None if it has none."""
         ...
 
+    def transaction(self) -> AbstractContextManager[None]:
+        """Hold the endpoint's write lock from a verb's read to its write, where the target
+        has one (the local mesh: a file lock); elsewhere a no-op, and a change made meanwhile
+        is caught at write time (``ConflictError``)."""
+        ...
+
     def execute(self, plan: Plan) -> None:
         """Run ``plan``'s steps in order and store ``plan.history`` with the routes.
 
@@ -70,8 +80,10 @@ class Engine(Protocol):
         """
         ...
 
-    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
-        """Return the live status of every version of ``state``."""
+    def status(
+        self, state: EndpointState, versions: Collection[str] | None = None
+    ) -> dict[str, VersionStatus]:
+        """Return the live status of every version of ``state`` (or only of ``versions``)."""
         ...
 
     def url(self, state: EndpointState) -> str:

@@ -15,11 +15,15 @@ in the local mesh) ends in the same tidy ``pandas.DataFrame``, one row per (time
 "No data" is NaN, never 0, so a canary gate can call it inconclusive instead of healthy.
 
 Sources that read cumulative counters at instants (the local mesh) hand ``Snapshot`` objects
-to ``frame_from_snapshots``, which diffs consecutive snapshots of each version.
+to ``frame_from_counters``, which reads them as the cumulative counters they are: every
+request the counters saw lands in exactly one interval, whatever the step, so the requests
+of a window add up to what the router answered in it (``frame_from_snapshots`` diffs
+consecutive snapshots as they come, one row per pair).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections import defaultdict
@@ -32,8 +36,10 @@ import pandas as pd
 __all__ = [
     "FLOAT_COLUMNS",
     "FRAME_COLUMNS",
+    "GAP_S",
     "Snapshot",
     "empty_frame",
+    "frame_from_counters",
     "frame_from_snapshots",
     "histogram_quantile",
     "normalize_frame",
@@ -212,6 +218,19 @@ def _interval_row(prev: Snapshot, cur: Snapshot) -> dict[str, Any]:
     return row
 
 
+def _frame_with_shares(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The frame of ``rows``, each with its version's part of its interval's requests."""
+    if not rows:
+        return empty_frame()
+    totals: dict[float, float] = defaultdict(float)
+    for row in rows:
+        totals[row["timestamp"]] += row["requests"]
+    for row in rows:
+        total = totals[row["timestamp"]]
+        row["share"] = row["requests"] / total if total > 0 else math.nan
+    return normalize_frame(rows)
+
+
 def frame_from_snapshots(snaps: Sequence[Snapshot], *, since: float | None = None) -> pd.DataFrame:
     """Turn cumulative snapshots into the metrics frame, one row per (interval end, version).
 
@@ -247,12 +266,122 @@ def frame_from_snapshots(snaps: Sequence[Snapshot], *, since: float | None = Non
             if since is not None and cur.timestamp < since:
                 continue
             rows.append(_interval_row(prev, cur))
-    if not rows:
+    return _frame_with_shares(rows)
+
+
+GAP_S = 3.0
+"""Reads further apart than this (seconds) are a gap nobody sampled: interpolated across."""
+_Point = tuple[float, float, float, dict[float, float]]
+"""(time, requests, errors, latency buckets), accumulated across counter restarts."""
+
+
+def _accumulate(series: Sequence[Snapshot]) -> list[_Point]:
+    """One version's snapshots (by time) as monotonic counters: after a restart the counters
+    count from zero again, so what they hold then is added, never subtracted."""
+    points: list[_Point] = []
+    prev: Snapshot | None = None
+    for cur in series:
+        if prev is None:
+            req, err, bks = cur.requests, cur.errors, dict(cur.buckets)
+        else:
+            _, req, err, bks = points[-1]
+            if _is_reset(prev, cur):
+                d_req, d_err, d_bks = cur.requests, cur.errors, dict(cur.buckets)
+            else:
+                before = dict(prev.buckets)
+                d_req, d_err = cur.requests - prev.requests, cur.errors - prev.errors
+                d_bks = {b: c - before.get(b, 0.0) for b, c in cur.buckets}
+            req, err = req + d_req, err + d_err
+            bks = {b: bks.get(b, 0.0) + d_bks.get(b, 0.0) for b in bks.keys() | d_bks.keys()}
+        if points and cur.timestamp <= points[-1][0]:
+            points[-1] = (points[-1][0], req, err, bks)  # one instant, one value (the newest)
+        else:
+            points.append((cur.timestamp, req, err, bks))
+        prev = cur
+    return points
+
+
+def _count_at(points: Sequence[_Point], times: Sequence[float], t: float) -> _Point:
+    """The counters at ``t``, in whole requests.
+
+    Reads close together (a process sampling every second) are taken as they are: what a
+    read adds happened since the read before, and counts at its own time. Across a long gap
+    (``GAP_S``; nobody sampled) the counters are interpolated, so the gap's traffic is spread
+    over it rather than piled on the read that ends it. Before the first read nothing is known
+    (its values); after the last, nothing happened. Rounding down keeps them monotonic.
+    """
+    i = bisect.bisect_right(times, t)
+    if i == 0:
+        return points[0]
+    if i == len(points) or times[i] - times[i - 1] <= GAP_S:
+        return points[i - 1]
+    (t0, r0, e0, b0), (t1, r1, e1, b1) = points[i - 1], points[i]
+    w = (t - t0) / (t1 - t0)
+
+    def lerp(a: float, b: float) -> float:
+        return float(math.floor(a + (b - a) * w + 1e-9))
+
+    bounds = b0.keys() | b1.keys()
+    return t, lerp(r0, r1), lerp(e0, e1), {b: lerp(b0.get(b, 0.0), b1.get(b, 0.0)) for b in bounds}
+
+
+def frame_from_counters(
+    snaps: Sequence[Snapshot], *, start: float, end: float, step: float
+) -> pd.DataFrame:
+    """Turn reads of cumulative counters into the metrics frame, one row per (interval, version).
+
+    The window ``(start, end]`` is cut into intervals of ``step`` seconds ending at ``end``
+    (the newest interval is whole; the oldest may begin a little before ``start``). Each
+    version's reads become monotonic counters (a restart counts from zero again); what a read
+    adds counts at its own time, except across a gap of more than ``GAP_S`` between reads (no
+    process sampling meanwhile), whose traffic is spread over the gap rather than piled into
+    one interval. The requests of all rows of
+    a version add up to the counters' increase over the window. A version gets rows from its
+    first read on, until its last; ``share`` is its part of each interval's requests.
+
+    Args:
+        snaps: reads of any versions, in any order; include each version's last read before
+            ``start`` (see ``SampleStore.read(..., before=True)``) so the first interval counts
+            from it.
+        start: the window's start, epoch seconds.
+        end: the window's end (now), epoch seconds.
+        step: the interval length in seconds.
+
+    Example:
+        >>> inf = math.inf
+        >>> snaps = [Snapshot(0, "v1", 0, 0, ((10, 0), (inf, 0))),
+        ...          Snapshot(20, "v1", 40, 4, ((10, 40), (inf, 40)))]
+        >>> frame_from_counters(snaps, start=0, end=20, step=10)["requests"].tolist()
+        [20.0, 20.0]
+    """
+    if step <= 0 or end <= start:
         return empty_frame()
-    totals: dict[float, float] = defaultdict(float)
-    for row in rows:
-        totals[row["timestamp"]] += row["requests"]
-    for row in rows:
-        total = totals[row["timestamp"]]
-        row["share"] = row["requests"] / total if total > 0 else math.nan
-    return normalize_frame(rows)
+    count = max(1, round((end - start) / step))
+    edges = [end - k * step for k in range(count, -1, -1)]
+    by_version: dict[str, list[Snapshot]] = defaultdict(list)
+    for snap in snaps:
+        by_version[snap.version].append(snap)
+    rows: list[dict[str, Any]] = []
+    for series in by_version.values():
+        series.sort(key=lambda s: s.timestamp)
+        points = _accumulate(series)
+        times = [p[0] for p in points]
+        for a, b in itertools.pairwise(edges):
+            if b <= times[0] or a >= times[-1]:
+                continue  # the version was not read yet, or no longer
+            _, r0, e0, b0 = _count_at(points, times, a)
+            _, r1, e1, b1 = _count_at(points, times, b)
+            requests, errors = r1 - r0, e1 - e0
+            buckets = [(bound, b1[bound] - b0.get(bound, 0.0)) for bound in sorted(b1)]
+            row: dict[str, Any] = {
+                "timestamp": b,
+                "version": series[0].version,
+                "requests": requests,
+                "rps": requests / (b - a),
+                "errors": errors,
+                "error_rate": errors / requests if requests > 0 else math.nan,
+            }
+            for column, q in _QUANTILES.items():
+                row[column] = histogram_quantile(q, buckets)
+            rows.append(row)
+    return _frame_with_shares(rows)

@@ -8,8 +8,11 @@ things. Each verb goes straight to the target's engine (``mlshift._engine.Engine
 
 The cache has two parts, each a ``Seen`` (state, history, status): ``_applied``, what the
 target last said is applied, and ``_planned``, what dry runs built on top of it in memory.
-Properties and reprs read the cache only (no I/O): they show the applied state, or the
-plan while nothing is applied; ``render()`` shows the plan when there is one.
+Properties and reprs show the applied state, or the plan while nothing is applied (and
+``render()`` shows the plan when there is one). They never use the network: on the local
+target they re-read the endpoint's small state file each time (the engine's ``"fast-load"``
+capability), so they are live across processes; on a cluster they show what was last read
+(``ep.status()`` reads again).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlshift._display import Version, YAMLText, version_table
 from mlshift._durations import parse_duration
-from mlshift._exceptions import APIError, ConfigError, UnknownVersionError
+from mlshift._exceptions import APIError, ConfigError, MlshiftError, UnknownVersionError
 from mlshift._names import check_name
 from mlshift._render import render
 from mlshift._state import EndpointState, TrafficState
@@ -132,7 +135,19 @@ class EndpointReader:
             return self._state or EndpointState(self.name, namespace=self.target.namespace())
 
     def _shown(self) -> tuple[EndpointState | None, bool]:
-        """What reprs and properties show: the applied state, else the dry-run plan."""
+        """What reprs and properties show: the applied state, else the dry-run plan.
+
+        Where the engine reads its state without the network (the local target: one small
+        file), the live state is read every time, so a new process sees the endpoint at once
+        and another process's shift shows here; elsewhere, what was last read.
+        """
+        if self._applied.state is None and self._planned is not None:
+            return self._planned.state, True
+        try:
+            if "fast-load" in self.engine.capabilities:
+                self._load()
+        except MlshiftError as exc:  # a property never raises: show what was last read
+            log.debug("showing %s as last read (%s)", self.name, exc)
         if self._applied.state is None and self._planned is not None:
             return self._planned.state, True
         return self._applied.state, False
@@ -141,7 +156,7 @@ class EndpointReader:
 
     @property
     def versions(self) -> dict[str, Version]:
-        """The versions as last seen, by name (no I/O); before anything is applied, as planned
+        """The versions by name (no network; see ``_shown``); before anything is applied, as planned
         by dry runs.
 
         Example:
@@ -168,7 +183,7 @@ class EndpointReader:
 
     @property
     def weights(self) -> dict[str, int]:
-        """The traffic weights as last seen (no I/O); before anything is applied, as planned.
+        """The traffic weights (no network; see ``_shown``); before anything is applied, as planned.
 
         Example:
             >>> ep.weights  # doctest: +SKIP
@@ -271,21 +286,35 @@ class EndpointReader:
         stable = max(weights, key=lambda v: weights[v]) if weights else None
         return predictions_frame(stats, stable=stable)
 
-    def predict(self, data: Any, *, timeout: float = 30.0) -> pd.DataFrame:
+    def predict(self, data: Any, *, method: str = "predict", timeout: float = 30.0) -> pd.DataFrame:
         """Send ``data`` through the router; the frame says which version answered.
+
+        ``data``: a DataFrame (each column sent in its own dtype), a list of dicts (one per
+        row), a dict (one row), a list of rows or an array. ``method="predict_proba"`` gives
+        one column per class (named by the model's classes) instead of ``prediction``.
 
         Example:
             >>> ep.predict(X_test[:3])  # doctest: +SKIP
+            >>> ep.predict(X_test[:3], method="predict_proba")  # doctest: +SKIP
         """
         from mlshift._client import predict
 
-        frame: pd.DataFrame = predict(self.url, self.name, data, timeout=timeout)
+        frame: pd.DataFrame = predict(self.url, self.name, data, method=method, timeout=timeout)
         return frame
 
     def send(
-        self, data: Any, *, rps: float = 20, duration: str | float = "30s", concurrency: int = 16
+        self,
+        data: Any,
+        *,
+        rps: float = 20,
+        duration: str | float = "30s",
+        concurrency: int = 16,
+        method: str = "predict",
     ) -> TrafficRun:
         """Send single rows of ``data`` at ``rps`` in the background for ``duration``.
+
+        ``data`` takes the forms ``predict`` takes; ``method`` is what each request asks of
+        the model (``"predict"`` or ``"predict_proba"``).
 
         Example:
             >>> run = ep.send(X_test, rps=50, duration="30s")  # doctest: +SKIP
@@ -294,7 +323,13 @@ class EndpointReader:
 
         seconds = parse_duration(duration, what="duration")
         return TrafficRun(
-            self.url, self.name, data, rps=rps, duration=seconds, concurrency=concurrency
+            self.url,
+            self.name,
+            data,
+            rps=rps,
+            duration=seconds,
+            concurrency=concurrency,
+            method=method,
         )
 
     def plot(

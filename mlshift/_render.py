@@ -1,8 +1,11 @@
 """The renderer: an endpoint's desired state in, Kubernetes and Istio objects out. Pure.
 
 One Deployment per version, one Service, one DestinationRule with a subset per version, and
-one VirtualService whose managed HTTP routes (named ``mlshift`` and ``mlshift-header-N``)
-carry the weights, header rules, mirror, timeout and retries. The Kubernetes engine applies
+one VirtualService whose managed HTTP routes carry the weights, header rules, mirror,
+timeout and retries: first ``mlshift-version-<v>`` per version (the Open Inference
+Protocol's version-pinned paths, ``/v2/models/{m}/versions/<v>/...``, always reach ``<v>``,
+whatever the weights), then ``mlshift-header-N`` per header rule, then ``mlshift``, the
+weighted split. The Kubernetes engine applies
 these objects; the local engine translates the very same objects into Envoy configuration.
 Routes someone else added to a VirtualService are kept by ``merge_routes``.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "merge_routes",
     "render",
     "to_yaml",
+    "version_path_regex",
 ]
 
 MANAGED_ROUTE = "mlshift"
@@ -50,9 +54,26 @@ def deployment_name(endpoint: str, version: str) -> str:
 
 
 def is_managed_route(route: Mapping[str, Any]) -> bool:
-    """Tell whether an HTTP route of a VirtualService is one mlshift owns."""
+    """Tell whether an HTTP route of a VirtualService is one mlshift owns.
+
+    Example:
+        >>> is_managed_route({"name": "mlshift-version-v2"}), is_managed_route({"name": "admin"})
+        (True, False)
+    """
     name = str(route.get("name") or "")
-    return name == MANAGED_ROUTE or name.startswith(MANAGED_ROUTE + "-header-")
+    return name == MANAGED_ROUTE or name.startswith(
+        (MANAGED_ROUTE + "-header-", MANAGED_ROUTE + "-version-")
+    )
+
+
+def version_path_regex(version: str) -> str:
+    """The (RE2, full-match) path regex of requests pinned to ``version`` by the protocol.
+
+    Example:
+        >>> version_path_regex("v2")
+        '/v2/models/[^/]+/versions/v2(/.*)?'
+    """
+    return f"/v2/models/[^/]+/versions/{version}(/.*)?"
 
 
 @dataclass(frozen=True)
@@ -233,12 +254,24 @@ def _header_route(state: EndpointState, index: int, rule: HeaderRoute) -> dict[s
     return route
 
 
+def _version_route(state: EndpointState, version: str) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "name": f"{MANAGED_ROUTE}-version-{version}",
+        "match": [{"uri": {"regex": version_path_regex(version)}}],
+        "route": [{"destination": _destination(state, version), "weight": 100}],
+    }
+    _policy(route, state.policy)
+    return route
+
+
 def managed_routes(
     state: EndpointState, traffic: TrafficState | None = None
 ) -> list[dict[str, Any]]:
-    """Return mlshift's HTTP routes: header rules first (first match wins), then the split."""
+    """Return mlshift's HTTP routes, first match wins: version-pinned paths, header rules,
+    then the weighted split."""
     t = traffic or state.traffic
-    routes = [_header_route(state, i, rule) for i, rule in enumerate(t.headers)]
+    routes = [_version_route(state, v) for v in state.version_names]
+    routes += [_header_route(state, i, rule) for i, rule in enumerate(t.headers)]
     main: dict[str, Any] = {
         "name": MANAGED_ROUTE,
         "route": [
@@ -299,7 +332,7 @@ def render(state: EndpointState) -> Manifests:
     Example:
         >>> from mlshift._state import EndpointState, VersionSpec
         >>> s = EndpointState("churn").with_version(VersionSpec("v1"))
-        >>> render(s).virtual_service["spec"]["http"][0]["route"][0]["weight"]
+        >>> render(s).virtual_service["spec"]["http"][-1]["route"][0]["weight"]
         100
     """
     return Manifests(

@@ -39,21 +39,28 @@ R = TypeVar("R")
 
 
 def retry_on_conflict(verb: Callable[P, R]) -> Callable[P, R]:
-    """Re-run a verb when the target's routes changed since it read them.
+    """Run a verb under the engine's transaction; re-run it when the routes changed anyway.
 
-    Each attempt re-reads the state and recomputes the change, so a concurrent change by
-    another notebook is built upon, never overwritten. Waits grow from 10 ms to 200 ms with
-    jitter (two writers must not retry in lockstep); gives up after ``CONFLICT_DEADLINE_S``.
+    Where the target has a write lock (the local mesh), each attempt holds it from its read
+    to its write, so writers take turns. Elsewhere each attempt re-reads the state and
+    recomputes the change, so a concurrent change by another notebook is built upon, never
+    overwritten. Waits grow from 10 ms to 200 ms with jitter (two writers must not retry in
+    lockstep); gives up after ``CONFLICT_DEADLINE_S``. A dry run writes nothing: no lock.
     """
 
     @functools.wraps(verb)
     def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+        ep = args[0]
+        assert isinstance(ep, EndpointReader)
         deadline = time.monotonic() + CONFLICT_DEADLINE_S
         attempt = 0
         while True:
             attempt += 1
             try:
-                return verb(*args, **kwargs)
+                if kwargs.get("dry_run"):
+                    return verb(*args, **kwargs)
+                with ep.engine.transaction():
+                    return verb(*args, **kwargs)
             except ConflictError as exc:
                 if kwargs.get("dry_run"):
                     raise
@@ -112,13 +119,18 @@ class TrafficVerbs(EndpointReader):
     ) -> Self | Plan:
         state = seen.state
         assert state is not None  # callers checked there are versions
-        ready = None
+        weights = validate_weights(traffic.weights, versions=state.version_names)
         if not dry_run:
-            status = self.engine.status(state)
-            seen = dataclasses.replace(seen, status=status)
-            self._applied = dataclasses.replace(self._applied, status=status)
-            ready = [v for v, s in status.items() if s.ready]
-        weights = validate_weights(traffic.weights, versions=state.version_names, ready=ready)
+            # Only a version gaining weight must be ready now: moving traffic away from one
+            # that is down is always allowed (and each status read costs milliseconds).
+            old = state.traffic.weights
+            gaining = [v for v, w in weights.items() if w > old.get(v, 0)]
+            status = self.engine.status(state, gaining)
+            self._applied = dataclasses.replace(
+                self._applied, status={**self._applied.status, **status}
+            )
+            ready = [v for v in state.version_names if v not in status or status[v].ready]
+            weights = validate_weights(weights, versions=state.version_names, ready=ready)
         traffic = dataclasses.replace(traffic, weights=weights)
         if traffic == state.traffic:
             return Plan(state, (), seen.history) if dry_run else self

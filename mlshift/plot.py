@@ -61,14 +61,22 @@ def _no_data(ax: Axes) -> None:
 
 
 def _time_lines(df: pd.DataFrame, column: str, ax: Axes | None, scale: float, ylabel: str) -> Axes:
-    """One line per version of ``column`` over time."""
+    """One line per version of ``column`` over time, each point marked (one point still shows)."""
     _check_columns(df, "timestamp", "version", column)
     ax = _axes(ax)
     colors = version_colors(df["version"].astype(str).unique().tolist())
     for version, color in colors.items():
         rows = df[df["version"] == version].sort_values("timestamp")
         times = pd.to_datetime(rows["timestamp"], utc=True).dt.tz_convert(None)
-        ax.plot(times, rows[column] * scale, label=version, color=color, linewidth=1.6)
+        ax.plot(
+            times,
+            rows[column] * scale,
+            label=version,
+            color=color,
+            linewidth=1.6,
+            marker="o",
+            markersize=3,
+        )
     if not colors:
         _no_data(ax)
     ax.set_ylabel(ylabel)
@@ -78,7 +86,10 @@ def _time_lines(df: pd.DataFrame, column: str, ax: Axes | None, scale: float, yl
 
 
 def traffic(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Observed traffic share per version over time, in percent.
+    """The share of each interval's requests each version actually served, in percent.
+
+    It is measured, not the weights: a split shows only statistically (a few requests per
+    interval wobble around the weights).
 
     Example:
         >>> mlshift.plot.traffic(ep.metrics(since="10m"))  # doctest: +SKIP

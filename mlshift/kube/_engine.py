@@ -23,9 +23,11 @@ The traffic history (for ``rollback``) lives in the VirtualService's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -185,11 +187,16 @@ class KubernetesEngine:
         events = self.api.list_objects(EVENTS, namespace, fields={"type": "Warning"})
         return latest_warning(events, names)
 
-    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
-        """Ask the cluster how every version is doing; ready means it can take traffic."""
+    def status(
+        self, state: EndpointState, versions: Collection[str] | None = None
+    ) -> dict[str, VersionStatus]:
+        """Ask the cluster how every version (or each of ``versions``) is doing; ready means
+        it can take traffic."""
         deployments = self._deployments(state.namespace, state.name)
         out: dict[str, VersionStatus] = {}
         for spec in state.versions:
+            if versions is not None and spec.name not in versions:
+                continue
             weight = int(state.traffic.weights.get(spec.name, 0))
             dep = deployments.get(spec.name)
             name = deployment_name(state.name, spec.name)
@@ -255,6 +262,11 @@ class KubernetesEngine:
         )
 
     # -- writing -----------------------------------------------------------------------------
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """No lock across notebooks on a cluster: a change made meanwhile is caught at write
+        time by the resourceVersion and ``previous`` checks (``ConflictError``)."""
+        return contextlib.nullcontext()
 
     def execute(self, plan: Plan) -> None:
         """Run the plan's steps in order; see the module docstring for the rules."""

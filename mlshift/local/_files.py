@@ -5,7 +5,8 @@ traffic history), ``objects/`` (the Istio objects as last applied: ``virtualserv
 ``destinationrule.json``, ``service.json``, ``deployments/<version>.json``), ``bundles/``,
 ``run/`` (one process record and log per version), ``envoy/`` (bootstrap, xDS files, Envoy's
 record and log), ``router-port`` and ``metrics.jsonl``. Every write goes to a temp file that
-is fsynced and renamed, so a crash never leaves half a file for the next process to read.
+is renamed into place, so a process that dies mid-write never leaves half a file for the
+next process to read.
 """
 
 from __future__ import annotations
@@ -13,25 +14,53 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from mlshift._exceptions import MlshiftError
 from mlshift._state import EndpointState, TrafficState
-from mlshift.local import _processes as procs
+from mlshift.local._ownership import Expected, ProcessRecord, owned, read_record
+from mlshift.local._processes import free_port
 
 __all__ = ["EndpointFiles", "read_json", "write_json"]
 
+# One lock per endpoint directory: an RLock for this process's threads (flock does not tell
+# two threads apart), and a depth per thread so a nested hold does not flock twice.
+_GUARD = threading.Lock()
+_LOCKS: dict[str, threading.RLock] = {}
+_HELD = threading.local()
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (other processes wait)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one process at a time is on the user
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``data`` as JSON to ``path`` atomically (temp file, rename).
+
+    No fsync: a shift must take milliseconds, and the rename alone already means a process
+    that dies mid-write never leaves half a file; only a crash of the whole machine can lose
+    the last change (as with any unsynced save).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     os.replace(tmp, path)
 
 
@@ -46,9 +75,11 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
+        # Not "remove the directory": that would orphan the endpoint's processes, which keep
+        # serving. ep.delete() works without readable state and stops them first.
         raise MlshiftError(
-            f"{path} is unreadable ({exc}); remove it, or the endpoint's directory, and deploy "
-            "again"
+            f"{path} is unreadable ({exc}); ep.delete() stops the endpoint's processes and "
+            "removes its state, then deploy again"
         ) from exc
 
 
@@ -61,7 +92,13 @@ class EndpointFiles:
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # Absolute: paths on the processes' command lines prove they are this endpoint's.
+        self.root = Path(os.path.abspath(root))
+
+    @property
+    def envoy_dir(self) -> Path:
+        """Where the endpoint's Envoy keeps its bootstrap, xDS files, record and log."""
+        return self.root / "envoy"
 
     @property
     def run_dir(self) -> Path:
@@ -83,18 +120,32 @@ class EndpointFiles:
         """Where the process record of ``version`` is kept."""
         return self.run_dir / f"{version}.json"
 
-    def record(self, version: str) -> procs.ProcessRecord | None:
+    def record(self, version: str) -> ProcessRecord | None:
         """The process record of ``version`` (alive or not), or None."""
-        return procs.read_record(self.record_path(version))
+        return read_record(self.record_path(version))
+
+    def server(self, version: str) -> Expected:
+        """The command line of this endpoint's ``model_server`` of ``version``."""
+        return Expected.model_server(self.root.name, version)
+
+    def running_envoy(self) -> ProcessRecord | None:
+        """The record of the endpoint's Envoy when it runs and is provably this endpoint's."""
+        record = read_record(self.envoy_dir / "envoy.json")
+        expected = Expected.envoy(self.envoy_dir / "bootstrap.json")
+        return record if owned(record, expected) else None
+
+    def records(self) -> dict[str, ProcessRecord]:
+        """Every readable process record in ``run/``, by version (whatever the state says)."""
+        out: dict[str, ProcessRecord] = {}
+        for path in sorted(self.run_dir.glob("*.json")):
+            record = read_record(path)
+            if record is not None:
+                out[path.stem] = record
+        return out
 
     def ports(self) -> dict[str, int]:
         """Return ``{version: port}`` of every version that has a process record."""
-        out: dict[str, int] = {}
-        for path in self.run_dir.glob("*.json"):
-            record = procs.read_record(path)
-            if record is not None:
-                out[path.stem] = record.port
-        return out
+        return {version: record.port for version, record in self.records().items()}
 
     def save_state(self, state: EndpointState, history: tuple[TrafficState, ...]) -> None:
         """Store the applied state and the traffic history (newest last)."""
@@ -117,31 +168,41 @@ class EndpointFiles:
             history = tuple(TrafficState.from_json(h) for h in data.get("history") or ())
         except (KeyError, TypeError, ValueError) as exc:
             raise MlshiftError(
-                f"the stored state of endpoint {self.root.name!r} is damaged ({exc}); delete "
-                f"{self.root} and deploy again"
+                f"the stored state of endpoint {self.root.name!r} is damaged ({exc}); "
+                "ep.delete() stops its processes and removes it, then deploy again"
             ) from exc
         return state, history
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the endpoint's lock: one plan at a time, across processes.
+        """Hold the endpoint's lock: one change at a time, across processes and threads.
+
+        Re-entrant within a thread, so a verb can hold it from its read to its write while
+        the plan it runs takes it again.
 
         Example:
             >>> with files.lock():  # doctest: +SKIP
             ...     files.save_state(state, history)
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; one process at a time is on the user
-            yield
-            return
-        with open(self.root / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        key = str(self.root)
+        with _GUARD:
+            local = _LOCKS.setdefault(key, threading.RLock())
+        with local:
+            depth: dict[str, int] = _HELD.__dict__.setdefault("depth", {})
+            if depth.get(key):
+                depth[key] += 1
+                try:
+                    yield
+                finally:
+                    depth[key] -= 1
+                return
+            self.root.mkdir(parents=True, exist_ok=True)
+            depth[key] = 1
             try:
-                yield
+                with _flock(self.root / ".lock"):
+                    yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                depth[key] = 0
 
     def router_port(self, requested: int | None) -> int:
         """The router's port: the running Envoy's, else the one kept here, else ``requested``
@@ -152,14 +213,14 @@ class EndpointFiles:
             38121
         """
         path = self.root / "router-port"
-        running = procs.read_record(self.root / "envoy" / "envoy.json")
-        if procs.alive(running) and running is not None:
+        running = self.running_envoy()
+        if running is not None:
             return running.port
         with contextlib.suppress(OSError, ValueError):
             kept = int(path.read_text())
             if requested is None or requested == kept:
                 return kept
-        port = requested or procs.free_port()
+        port = requested or free_port()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(port))
         return port

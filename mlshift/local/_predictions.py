@@ -26,8 +26,8 @@ import httpx
 
 from mlshift._exceptions import MlshiftError
 from mlshift._prediction_stats import PredictionStats, parse_exposition, stats_delta
-from mlshift.local import _processes as procs
 from mlshift.local._files import EndpointFiles
+from mlshift.local._ownership import ProcessRecord, alive
 from mlshift.local._stats import append_line
 
 __all__ = [
@@ -151,19 +151,24 @@ def window(
 
 def server_metrics(
     http: httpx.Client, files: EndpointFiles, versions: Sequence[str]
-) -> dict[str, tuple[procs.ProcessRecord, str]]:
+) -> dict[str, tuple[ProcessRecord, str]]:
     """Return the process record and ``/metrics`` text of each of ``versions`` that runs.
 
-    A server that does not answer is logged and left out.
+    A server that does not answer is left out. Not listening (a version still starting, or
+    going away) is an expected state and logged at DEBUG; any other failure of a running
+    server (an error status, a broken answer, a timeout) is a WARNING.
     """
-    out: dict[str, tuple[procs.ProcessRecord, str]] = {}
+    out: dict[str, tuple[ProcessRecord, str]] = {}
     for version in versions:
         record = files.record(version)
-        if not procs.alive(record) or record is None:
+        if not alive(record) or record is None:
             continue
         try:
             response = http.get(f"http://127.0.0.1:{record.port}/metrics")
             response.raise_for_status()
+        except httpx.ConnectError as exc:
+            log.debug("cannot read /metrics of %s/%s yet: %s", files.root.name, version, exc)
+            continue
         except httpx.HTTPError as exc:
             log.warning("cannot read /metrics of %s/%s: %s", files.root.name, version, exc)
             continue
@@ -172,7 +177,7 @@ def server_metrics(
 
 
 def read_samples(
-    model: str, texts: Mapping[str, tuple[procs.ProcessRecord, str]]
+    model: str, texts: Mapping[str, tuple[ProcessRecord, str]]
 ) -> list[PredictionSample]:
     """Turn ``server_metrics``' answers into one sample per version (now, its pid)."""
     out: list[PredictionSample] = []

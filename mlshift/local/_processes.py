@@ -1,42 +1,46 @@
-"""Processes of the local mesh: start them detached, find them again, stop them for sure.
+"""Processes of the local mesh: start them detached, wait until they serve, stop only our own.
 
 Every process (a version's ``model_server``, the endpoint's Envoy) is started in a session of
 its own, so it outlives the notebook that started it and a new Python process can reattach. A
-record (pid, port, creation time) is kept as JSON in the endpoint's state directory; the
-creation time psutil reports (epoch seconds, on Linux and macOS alike) tells a live
-process from a stale record whose pid was reused, and a zombie counts as exited. Output
-goes to a log file whose tail explains a process that would not start. Stopping sends SIGTERM
-(a model server drains in-flight requests), then SIGKILL.
+record (pid, port, creation time, see ``_ownership``) is kept as JSON in the endpoint's state
+directory, and nothing is signalled unless ``_ownership.identify`` proves the record's process
+is the one mlshift started. Output goes to a log file whose tail explains a process that would
+not start or that crashed. Stopping sends SIGTERM (a model server drains in-flight requests),
+then SIGKILL, through psutil, which refuses to signal a pid reused in between.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 
 from mlshift._exceptions import LocalModeError, NotReadyError
+from mlshift.local._ownership import (
+    CHILDREN,
+    Expected,
+    ProcessRecord,
+    alive,
+    create_time,
+    exit_reason,
+    identify,
+)
 
 __all__ = [
-    "ProcessRecord",
-    "alive",
-    "exit_reason",
+    "VERSION_HEADER",
+    "answers_as",
     "free_port",
     "log_tail",
     "port_in_use",
-    "read_record",
     "spawn",
     "start_model_server",
     "stop",
@@ -45,90 +49,8 @@ __all__ = [
 
 log = logging.getLogger("mlshift.local")
 
-# Popen objects of the processes this Python process started: kept so exited children are
-# reaped (no zombies that still look alive) and their exit codes can be reported.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-# On Linux psutil adds the start in clock ticks (1/100 s) to the boot time, so reads of one
-# process agree to well within this; a pid is reused only once the kernel cycled through the rest.
-_SAME_PROCESS_S = 0.01
-
-
-@dataclass(frozen=True)
-class ProcessRecord:
-    """A process of the local mesh as written to its record file."""
-
-    pid: int
-    port: int
-    started: float | None
-    """When the process was created, epoch seconds (``psutil.Process.create_time()``).
-
-    With ``pid`` it names one process: a pid reused later has another creation time. None
-    where unknown (the process was gone before it could be read)."""
-    log: str
-    extra: Mapping[str, str | int] | None = None
-
-    def save(self, path: Path) -> None:
-        """Write the record atomically (temp file + rename)."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
-
-
-def read_record(path: Path) -> ProcessRecord | None:
-    """Return the record at ``path``, or None when there is none or it is unreadable."""
-    try:
-        data = json.loads(path.read_text())
-        return ProcessRecord(
-            pid=int(data["pid"]),
-            port=int(data["port"]),
-            started=data.get("started"),
-            log=str(data.get("log") or ""),
-            extra=data.get("extra"),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _create_time(pid: int) -> float | None:
-    """When ``pid`` was created, epoch seconds, or None when it is gone or cannot be read."""
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def alive(record: ProcessRecord | None) -> bool:
-    """Tell whether the process of ``record`` still runs (and is the same process).
-
-    Example:
-        >>> alive(read_record(run_dir / "v1.json"))  # doctest: +SKIP
-        True
-    """
-    if record is None or record.pid <= 0:
-        return False
-    child = _CHILDREN.get(record.pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        proc = psutil.Process(record.pid)
-        with proc.oneshot():
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False  # it has exited; only its exit status is left
-            if record.started is None:
-                return True
-            return abs(proc.create_time() - record.started) < _SAME_PROCESS_S
-    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
-        return False
-
-
-def exit_reason(record: ProcessRecord) -> str:
-    """Say why the process of ``record`` is not running (``process exited (code -9)``)."""
-    child = _CHILDREN.get(record.pid)
-    if child is not None:
-        # Just killed, it may still be a zombie for a moment before it can be reaped.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            return f"process exited (code {child.wait(timeout=1.0)})"
-    return f"process {record.pid} is gone (stale record)"
+VERSION_HEADER = "x-mlshift-version"
+"""The header every model_server response carries, naming the version it serves."""
 
 
 def free_port(avoid: Collection[int] = ()) -> int:
@@ -195,8 +117,8 @@ def spawn(
             raise LocalModeError(
                 f"cannot start {cmd[0]!r}: {exc}; check that it exists and is executable"
             ) from exc
-    _CHILDREN[proc.pid] = proc
-    record = ProcessRecord(proc.pid, port, _create_time(proc.pid), str(log_path), extra)
+    CHILDREN[proc.pid] = proc
+    record = ProcessRecord(proc.pid, port, create_time(proc.pid), str(log_path), extra)
     record.save(record_path)
     log.debug("started %s (pid %d, port %d)", cmd[0], proc.pid, port)
     return record
@@ -245,67 +167,125 @@ def start_model_server(
     )
 
 
-def wait_ready(record: ProcessRecord, *, what: str, timeout_s: float = 60.0) -> None:
-    """Wait until the server of ``record`` answers 200 on ``/v2/health/ready``.
+def answers_as(response: httpx.Response, version: str) -> str:
+    """Return '' when ``response`` comes from a model_server of ``version``, else who answered.
+
+    ``free_port`` closes its socket before the server binds it, so another program may take
+    the port in between; it must not be taken for the version (a 404 naming another model is
+    another endpoint's server of the same version name).
+    """
+    answered = response.headers.get(VERSION_HEADER)
+    if answered == version and response.status_code != 404:
+        return ""
+    label = f"{VERSION_HEADER}: {answered}" if answered else f"no {VERSION_HEADER} header"
+    return f"HTTP {response.status_code}, {label}"
+
+
+def wait_ready(
+    record: ProcessRecord, *, what: str, name: str, version: str, timeout_s: float = 60.0
+) -> None:
+    """Wait until the server of ``record`` answers 200 on ``/v2/models/<name>/ready`` as
+    ``version`` (its ``x-mlshift-version`` header).
 
     Raises:
-        NotReadyError: the process exited or did not get ready in time; carries the log tail.
+        NotReadyError: the process exited or did not get ready in time, or another server
+            answers on its port; carries the log tail.
     """
-    url = f"http://127.0.0.1:{record.port}/v2/health/ready"
+    url = f"http://127.0.0.1:{record.port}/v2/models/{name}/ready"
     deadline = time.monotonic() + timeout_s
     delay = 0.02
+    impostor = ""
     with httpx.Client(timeout=2.0, trust_env=False) as client:
         while True:
             if not alive(record):
-                reason = exit_reason(record)
+                reason = exit_reason(record) + impostor
                 tail = log_tail(record.log)
                 raise NotReadyError(
                     f"{what} did not start: {reason}. Last lines of {record.log}:\n{tail}",
                     reason=reason,
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(url).status_code == 200:
+            try:
+                response = client.get(url)
+            except httpx.HTTPError:
+                pass
+            else:
+                other = answers_as(response, version)
+                if not other and response.status_code == 200:
                     return
+                if other:
+                    impostor = (
+                        f"; another server answers on its port {record.port} ({other}), so "
+                        "it cannot be routed to; deploy the version again to pick another port"
+                    )
             if time.monotonic() > deadline:
                 tail = log_tail(record.log)
                 raise NotReadyError(
-                    f"{what} was not ready after {timeout_s:.0f} s (port {record.port}); "
-                    f"see {record.log}:\n{tail}",
-                    reason="readiness timeout",
+                    f"{what} was not ready after {timeout_s:.0f} s (port {record.port})"
+                    f"{impostor}; see {record.log}:\n{tail}",
+                    reason="another server on its port" if impostor else "readiness timeout",
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)
 
 
-def stop(record: ProcessRecord | None, *, grace_s: float = 10.0) -> None:
-    """Stop the process of ``record``: SIGTERM, wait up to ``grace_s``, then SIGKILL.
+def stop(record: ProcessRecord | None, expected: Expected, *, grace_s: float = 10.0) -> bool:
+    """Stop the process of ``record`` if it is provably ``expected``: SIGTERM, wait up to
+    ``grace_s``, then SIGKILL. Returns whether it was signalled.
 
-    A record whose process is already gone (or was replaced by another) is left alone.
+    A record whose process is gone is forgotten; one that cannot be proven to be ``expected``
+    (no start time, another command line, another user's) is reported and never signalled.
+
+    Example:
+        >>> server = Expected.model_server("churn", "v1")
+        >>> stop(read_record(run / "v1.json"), server)  # doctest: +SKIP
+        True
     """
-    if record is None or not alive(record):
-        if record is not None:
-            _reap(record.pid)
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(record.pid, signal.SIGTERM)
+    if record is None:
+        return False
+    found = identify(record, expected)
+    proc = found.process
+    if proc is None:
+        if not found.exited:
+            log.warning("not stopping pid %d: %s", record.pid, found.reason)
+        _reap(record.pid)
+        return False
+    try:
+        proc.terminate()  # psutil checks the pid still names this process before signalling
+    except psutil.NoSuchProcess:
+        _reap(record.pid)
+        return True
+    except psutil.AccessDenied as exc:
+        log.warning("cannot stop pid %d (%s): %s", record.pid, expected.what, exc)
+        return False
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if not alive(record):
+        if _ended(proc):
             _reap(record.pid)
-            return
+            return True
         time.sleep(0.02)
     log.warning("pid %d did not stop within %.0f s of SIGTERM; killing it", record.pid, grace_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(record.pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: no SIGKILL
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        proc.kill()
     for _ in range(250):
-        if not alive(record):
+        if _ended(proc):
             break
         time.sleep(0.02)
     _reap(record.pid)
+    return True
+
+
+def _ended(proc: psutil.Process) -> bool:
+    child = CHILDREN.get(proc.pid)
+    if child is not None:
+        return child.poll() is not None
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _reap(pid: int) -> None:
-    child = _CHILDREN.pop(pid, None)
+    child = CHILDREN.pop(pid, None)
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=1.0)

@@ -11,14 +11,15 @@ window (``mlshift._prediction_stats``). Parsing and storage are in ``_stats`` an
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from mlshift._exceptions import MlshiftError
-from mlshift._frame import frame_from_snapshots
+from mlshift._frame import frame_from_counters
 from mlshift.local import _xds as xds
 from mlshift.local._files import EndpointFiles, read_json
 from mlshift.local._predictions import (
@@ -46,7 +47,8 @@ class MeshSampling:
     Args:
         name: the endpoint.
         files: the endpoint's state directory.
-        router: returns the endpoint's Envoy (created lazily by the engine).
+        router: returns the endpoint's Envoy (created lazily by the engine). The thread holds
+            this, so it must not keep the engine alive (the engine passes a weak reference).
         http: the client used to read the model servers' ``/metrics``.
 
     Example:
@@ -65,6 +67,16 @@ class MeshSampling:
         self.prediction_samples = PredictionStore(files.root / "predictions.jsonl")
         self._predictions_due = 0.0
         self._thread = Sampler(self._tick, interval_s=1.0)
+        self._ticking: int | None = None  # the sampler thread's ident, once it ran
+
+    @property
+    def running(self) -> bool:
+        """Whether the sampling thread runs."""
+        return self._thread.running
+
+    def on_sampler_thread(self) -> bool:
+        """Whether the caller is this sampler's own thread (which cannot wait for itself)."""
+        return self._thread.running and threading.get_ident() == self._ticking
 
     def start(self) -> None:
         """Start the sampling thread (no-op while it runs)."""
@@ -73,6 +85,10 @@ class MeshSampling:
     def stop(self) -> None:
         """Stop the sampling thread."""
         self._thread.stop()
+
+    def poke(self) -> None:
+        """Have the thread read Envoy's stats now (after a change; this call does not wait)."""
+        self._thread.poke()
 
     def sample(self) -> None:
         """Read Envoy's per-version stats once and append them to the sample store."""
@@ -97,6 +113,7 @@ class MeshSampling:
 
     def _tick(self) -> None:
         """The thread's work: Envoy's stats every tick, predictions every few seconds."""
+        self._ticking = threading.get_ident()
         due = time.monotonic() >= self._predictions_due
         try:
             self.sample()
@@ -108,20 +125,18 @@ class MeshSampling:
     def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
         """Return the per-version frame over the last ``since`` seconds at ``step`` resolution.
 
-        Samples are taken every second while a process is attached, and once now.
+        Envoy's counters are cumulative, and are read as such (``frame_from_counters``): the
+        requests of the window add up to what the router answered in it, whatever the step,
+        including traffic sent while no Python process was sampling. A read is taken now, and
+        every second while a process is attached.
         """
-        now = time.time()
         with contextlib.suppress(MlshiftError):
             self.sample()
-        snaps = self.samples.read(since=now - since - max(step, 1.0) * 2)
+        end = time.time()
+        start = end - since
         versions = set(state.version_names)
-        snaps = [s for s in snaps if s.version in versions]
-        if step > 1.0:
-            latest: dict[tuple[str, int], Any] = {}
-            for snap in sorted(snaps, key=lambda s: s.timestamp):
-                latest[(snap.version, int(snap.timestamp // step))] = snap
-            snaps = list(latest.values())
-        return frame_from_snapshots(snaps, since=now - since)
+        snaps = [s for s in self.samples.read(since=start, before=True) if s.version in versions]
+        return frame_from_counters(snaps, start=start, end=end, step=min(step, since))
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's predictions over the last ``since`` seconds.

@@ -149,9 +149,14 @@ class SampleStore:
         )
         append_line(self.path, line, max_bytes=_MAX_BYTES)
 
-    def read(self, *, since: float = 0.0) -> list[Snapshot]:
-        """Return the snapshots taken at or after ``since`` (epoch seconds)."""
+    def read(self, *, since: float = 0.0, before: bool = False) -> list[Snapshot]:
+        """Return the snapshots taken at or after ``since`` (epoch seconds).
+
+        With ``before=True`` each version's last snapshot before ``since`` comes too, so the
+        counters' increase over a window can be told from its very start.
+        """
         out: list[Snapshot] = []
+        last: dict[str, Snapshot] = {}
         try:
             text = self.path.read_text()
         except OSError:
@@ -160,13 +165,15 @@ class SampleStore:
             try:
                 data: dict[str, Any] = json.loads(line)
                 t = float(data["t"])
-                if t < since:
-                    continue
                 for version, (req, err, bks) in data["v"].items():
-                    out.append(Snapshot(t, version, req, err, tuple((b, c) for b, c in bks)))
+                    snap = Snapshot(t, version, req, err, tuple((b, c) for b, c in bks))
+                    if t >= since:
+                        out.append(snap)
+                    elif before:
+                        last[version] = snap
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a crash; the next ones are fine
-        return out
+        return [*last.values(), *out]
 
     def clear(self) -> None:
         """Forget every sample."""
@@ -185,6 +192,7 @@ class Sampler:
         self._sample = sample
         self._interval_s = interval_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -200,9 +208,14 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, name="mlshift-sampler", daemon=True)
         self._thread.start()
 
+    def poke(self) -> None:
+        """Sample as soon as possible (after a change), without waiting for it here."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop sampling and wait for the thread to end."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         self._thread = None
@@ -214,5 +227,6 @@ class Sampler:
                 self._sample()
             except Exception as exc:  # a sampler must outlive a router restart
                 log.debug("metrics sample failed: %s", exc)
-            next_at += self._interval_s
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            next_at = max(next_at + self._interval_s, time.monotonic())
+            if self._wake.wait(max(0.0, next_at - time.monotonic())):
+                self._wake.clear()  # poked (or stopping): sample now

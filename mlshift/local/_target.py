@@ -4,7 +4,8 @@ The target owns the state directory (``~/.mlshift`` unless ``state_dir`` or ``$M
 says otherwise), copies each version's bundle into it so the version keeps running whatever
 happens to the notebook's temporary files, and hands out one ``LocalEngine`` per endpoint.
 Engines are shared per process, so two ``Endpoint`` objects of one endpoint do not sample its
-metrics twice.
+metrics twice; the registry holds them weakly, so an engine no ``Endpoint`` uses any more is
+collected, which stops its sampler thread and closes its clients.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["HOME_ENV", "Local"]
 
 HOME_ENV = "MLSHIFT_HOME"
-_ENGINES: dict[tuple[str, str, int | None, str | None], LocalEngine] = {}
+_ENGINES: weakref.WeakValueDictionary[tuple[str, str, int | None, str | None], LocalEngine] = (
+    weakref.WeakValueDictionary()
+)
 _LOCK = threading.Lock()
 
 
@@ -79,7 +83,7 @@ class Local:
         return "local"
 
     def engine(self, endpoint: str) -> LocalEngine:
-        """Return the engine of ``endpoint`` (one per endpoint and process).
+        """Return the engine of ``endpoint`` (one per endpoint and process, while it is used).
 
         Example:
             >>> Local("/tmp/mlshift").engine("churn")  # doctest: +SKIP
@@ -89,7 +93,7 @@ class Local:
         key = (str(self.home.resolve()), endpoint, self.port, self.envoy)
         with _LOCK:
             engine = _ENGINES.get(key)
-            if engine is None:
+            if engine is None or engine.closed:
                 engine = LocalEngine(endpoint, self.home, port=self.port, envoy=self.envoy)
                 _ENGINES[key] = engine
             return engine

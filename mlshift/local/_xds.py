@@ -12,9 +12,9 @@ applies, so what a notebook sees locally is Istio's routing, not a simulation of
   matches everything): header, URI and method matches, one cluster or ``weighted_clusters``,
   ``request_mirror_policies`` for the mirror, ``retry_policy`` and ``timeout``. Retries stay in
   the cluster the route picked, as Istio's do within a subset;
-- ``bootstrap`` builds Envoy's bootstrap: a loopback listener whose routes come from a watched
-  file (RDS), clusters from another watched file (CDS), admin on loopback, stats flushed every
-  second and finer ``upstream_rq_time`` buckets than Envoy's default.
+- ``discovery_response`` wraps either for the watched files Envoy reads them from. The
+  bootstrap that points Envoy at those files (and puts its admin on a private Unix socket) is
+  ``mlshift.local._envoy_bootstrap``.
 
 Anything the translator does not understand raises ``RoutingError`` naming the field, before a
 file is written, so Envoy never sees half a translation.
@@ -31,11 +31,9 @@ from mlshift._exceptions import RoutingError
 
 __all__ = [
     "CLUSTER_TYPE",
-    "LATENCY_BUCKETS_MS",
     "ROUTE_CONFIG_NAME",
     "ROUTE_TYPE",
     "STAT_PREFIX",
-    "bootstrap",
     "cluster_name",
     "clusters",
     "discovery_response",
@@ -51,13 +49,6 @@ ROUTE_CONFIG_NAME = "mlshift"
 STAT_PREFIX = "router"
 HEALTH_PATH = "/v2/health/ready"
 HEALTH_INTERVAL_S = 0.5
-# Envoy records upstream_rq_time in whole milliseconds; its default buckets jump from 1 to 5 ms
-# and from 10 to 25 ms, too coarse for a model that answers in 2 ms. These resolve each of the
-# first milliseconds and keep Istio's upper range.
-LATENCY_BUCKETS_MS = [
-    0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250, 500,
-    1000, 2500, 5000, 10000, 30000, 60000,
-]  # fmt: skip
 
 # Istio passes retryOn through to Envoy (HTTP and gRPC policies in one list); numbers become
 # retriable status codes.
@@ -400,86 +391,3 @@ def discovery_response(resources: Sequence[Mapping[str, Any]], version: str) -> 
         {'version_info': '7', 'resources': []}
     """
     return {"version_info": version, "resources": [dict(r) for r in resources]}
-
-
-def bootstrap(
-    *,
-    router_port: int,
-    cds_path: str,
-    rds_path: str,
-    node_id: str = "mlshift",
-) -> dict[str, Any]:
-    """Return Envoy's bootstrap for one endpoint's router.
-
-    Args:
-        router_port: the loopback port requests to the endpoint go to.
-        cds_path: the clusters file; its directory is watched, so a file renamed into it is
-            loaded within milliseconds (a file rewritten in place is not).
-        rds_path: the routes file, in a directory of its own so a route change does not make
-            Envoy reread the clusters.
-        node_id: Envoy's node id (shows in its admin pages).
-
-    Example:
-        >>> b = bootstrap(router_port=8000, cds_path="/s/cds/cds.json", rds_path="/s/rds/rds.json")
-        >>> b["admin"]["address"]["socket_address"]["address"]
-        '127.0.0.1'
-    """
-
-    def source(path: str) -> dict[str, Any]:
-        directory = path.rsplit("/", 1)[0] if "/" in path else "."
-        return {
-            "resource_api_version": "V3",
-            "path_config_source": {"path": path, "watched_directory": {"path": directory}},
-        }
-
-    manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-        "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": STAT_PREFIX,
-        # No x-request-id: nothing here traces requests, and a UUID per request costs.
-        "generate_request_id": False,
-        "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": source(rds_path)},
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                    # No x-envoy-* response headers: callers see the model server's headers.
-                    "suppress_envoy_headers": True,
-                },
-            }
-        ],
-    }
-    return {
-        "node": {"id": node_id, "cluster": "mlshift"},
-        # Port 0: Envoy picks a free one and writes it to --admin-address-path.
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        # Histograms are only merged into /stats at each flush; 1 s keeps them fresh.
-        "stats_flush_interval": "1s",
-        "stats_config": {
-            "histogram_bucket_settings": [
-                {"match": {"suffix": "upstream_rq_time"}, "buckets": LATENCY_BUCKETS_MS}
-            ]
-        },
-        "dynamic_resources": {"cds_config": source(cds_path)},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "router",
-                    "address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": router_port}
-                    },
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": manager,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ]
-        },
-    }

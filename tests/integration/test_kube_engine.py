@@ -186,7 +186,13 @@ def test_header_routes_mirror_and_foreign_route_survive_shifts(kube_emulator: Ku
 
     live = kube_emulator.obj(VS, "churn")
     assert live is not None
-    assert [r["name"] for r in live["spec"]["http"]] == ["admin", "mlshift-header-0", "mlshift"]
+    assert [r["name"] for r in live["spec"]["http"]] == [
+        "admin",
+        "mlshift-version-v1",
+        "mlshift-version-v2",
+        "mlshift-header-0",
+        "mlshift",
+    ]
     assert live["spec"]["http"][0] == admin
     assert "churn.example.com" in live["spec"]["hosts"]
     loaded = engine.load("churn")

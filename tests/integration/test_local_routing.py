@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from mlshift._exceptions import ConflictError, RoutingError
@@ -65,6 +66,32 @@ def test_header_rule_beats_weights(mesh3: Mesh) -> None:
     assert without == Counter({"v1": 200})
     mesh3.traffic({"v1": 100, "v2": 0, "v3": 0})
     assert hit(mesh3.url, 50, headers={"x-canary": "yes"})[0] == Counter({"v1": 50})
+
+
+def test_version_pinned_paths_reach_their_version_whatever_the_weights(mesh3: Mesh) -> None:
+    import tritonclient.http as triton
+
+    mesh3.traffic({"v1": 0, "v2": 100, "v3": 0})
+    for version in ("v1", "v3"):
+        seen, codes = hit(mesh3.url, 60, path=f"/v2/models/churn/versions/{version}/ready")
+        assert (seen, codes) == (Counter({version: 60}), Counter({200: 60}))
+    # Without a version in the path, requests keep following the weights.
+    assert hit(mesh3.url, 60, path="/v2/models/churn/ready")[0] == Counter({"v2": 60})
+    body = {"inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}
+    answer = httpx.post(f"{mesh3.url}/v2/models/churn/versions/v1/infer", json=body, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-mlshift-version"] == "v1"
+    # A third-party client naming the version gets that version, at 0 % of the weights.
+    client = triton.InferenceServerClient(url=mesh3.url.removeprefix("http://"))
+    try:
+        assert client.is_model_ready("churn", "v3")
+        assert client.get_model_metadata("churn", "v3")["versions"] == ["v3"]
+        tensor = triton.InferInput("input-0", [2, 2], "FP64")
+        tensor.set_data_from_numpy(np.array([[1.0, 2.0], [3.0, 4.0]]))
+        result = client.infer("churn", [tensor], model_version="v1")
+        assert result.get_response()["model_version"] == "v1"
+    finally:
+        client.close()
 
 
 def _assert_unchanged(mesh: Mesh) -> None:

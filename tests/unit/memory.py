@@ -8,7 +8,9 @@ module (pyproject's ``files``), so the fakes keep satisfying the whole ``Engine`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 
 import pandas as pd
 
@@ -39,6 +41,9 @@ class MemoryEngine:
     def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
         return None if self.state is None else (self.state, self.history)
 
+    def transaction(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def execute(self, plan: Plan) -> None:
         if self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
@@ -52,10 +57,13 @@ class MemoryEngine:
         deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
         self.state, self.history = (None, ()) if deleting else (plan.state, plan.history)
 
-    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
+    def status(
+        self, state: EndpointState, versions: Collection[str] | None = None
+    ) -> dict[str, VersionStatus]:
         return {
             v: VersionStatus(v, v not in self.down, int(state.traffic.weights.get(v, 0)))
             for v in state.version_names
+            if versions is None or v in versions
         }
 
     def url(self, state: EndpointState) -> str:

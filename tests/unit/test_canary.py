@@ -97,6 +97,28 @@ def test_failing_canary_is_rolled_back_after_threshold(models: list[Any]) -> Non
     assert list(result.to_frame()["verdict"]) == ["pass", "fail", "fail"]
 
 
+def test_the_checks_frame_has_utc_timestamps(models: list[Any]) -> None:
+    ep = _ep([_frame(100, 0)] * 2, models)
+    before = pd.Timestamp.now(tz="UTC")
+    result = run_canary(
+        ep,
+        "v2",
+        steps=(50, 100),
+        interval=1,
+        gate=Gate(),
+        threshold=2,
+        max_inconclusive=2,
+        sleep=lambda _: None,
+    )
+    frame = result.to_frame()
+    assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
+    assert list(frame.columns) == ["time", "weight", "verdict", "reason"]
+    assert before - pd.Timedelta("1s") <= frame["time"].min() <= pd.Timestamp.now(tz="UTC")
+    empty = mlshift.CanaryResult("v2").to_frame()
+    assert empty.empty
+    assert str(empty["time"].dtype) == "datetime64[ns, UTC]"
+
+
 def test_no_traffic_waits_then_gives_up(models: list[Any]) -> None:
     ep = _ep([_frame(0, 0)] * 3, models)
     result = run_canary(

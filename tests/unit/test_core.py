@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from mlshift._durations import parse_duration
@@ -30,6 +33,63 @@ def test_bad_names_say_what_to_use(name: str, fragment: str) -> None:
 def test_name_must_be_a_string() -> None:
     with pytest.raises(InvalidNameError, match="int"):
         check_name(3)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "suggestion"),
+    [
+        ("V 2", "version", "v-2"),
+        ("Churn_Model.v2", "version", "churn-model-v2"),
+        ("  my__model!! ", "version", "my-model"),
+        ("-a-", "version", "a"),
+        ("ümlaut", "version", "mlaut"),
+        ("x" * 62 + "_y", "version", "x" * 62),
+        ("y" * 70, "version", "y" * 63),
+        ("2 Churn", "endpoint name", "ep-2-churn"),
+        ("2churn", "endpoint name", "ep-2churn"),
+        ("Churn", "endpoint name", "churn"),
+        ("!!!", "version", "churn-v2"),
+    ],
+)
+def test_the_suggested_name_is_itself_valid(name: str, kind: str, suggestion: str) -> None:
+    with pytest.raises(InvalidNameError) as info:
+        check_name(name, kind=kind)
+    assert f"(for example {suggestion!r})" in str(info.value)
+    assert check_name(suggestion, kind=kind) == suggestion
+
+
+def _refusal(name: str, kind: str) -> str:
+    """The message check_name refuses ``name`` with, or "" when it takes it."""
+    try:
+        check_name(name, kind=kind)
+    except InvalidNameError as exc:
+        return str(exc)
+    return ""
+
+
+def test_random_names_get_valid_suggestions() -> None:
+    rng = random.Random(1123)
+    alphabet = "abcXYZ019-_. \tü!/"
+    for _ in range(2000):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 70)))
+        for kind in ("version", "endpoint name"):
+            message = _refusal(name, kind)
+            if message:
+                suggestion = re.search(r"\(for example '(.*)'\)$", message)
+                assert suggestion, message
+                assert check_name(suggestion.group(1), kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["version", "endpoint name"])
+def test_a_trailing_newline_is_refused(kind: str) -> None:
+    with pytest.raises(InvalidNameError, match="'v2'"):
+        check_name("v2\n", kind=kind)
+
+
+def test_endpoint_names_start_with_a_letter() -> None:
+    assert check_name("2churn", kind="version") == "2churn"
+    with pytest.raises(InvalidNameError, match="DNS-1035"):
+        check_name("2churn", kind="endpoint name")
 
 
 @pytest.mark.parametrize(
@@ -119,13 +179,19 @@ def test_render_follows_the_design_contract() -> None:
     assert (port["port"], port["name"], port["targetPort"]) == (80, "http", 8080)
     assert [s["name"] for s in m.destination_rule["spec"]["subsets"]] == ["v1", "v2"]
     http = m.virtual_service["spec"]["http"]
-    assert [r["name"] for r in http] == ["mlshift-header-0", "mlshift"]
-    assert http[0]["match"] == [{"headers": {"x-canary": {"exact": "yes"}}}]
-    assert [(d["destination"]["subset"], d["weight"]) for d in http[1]["route"]] == [
+    assert [r["name"] for r in http] == [
+        "mlshift-version-v1",
+        "mlshift-version-v2",
+        "mlshift-header-0",
+        "mlshift",
+    ]
+    assert http[0]["match"] == [{"uri": {"regex": "/v2/models/[^/]+/versions/v1(/.*)?"}}]
+    assert http[2]["match"] == [{"headers": {"x-canary": {"exact": "yes"}}}]
+    assert [(d["destination"]["subset"], d["weight"]) for d in http[3]["route"]] == [
         ("v1", 90),
         ("v2", 10),
     ]
-    assert http[1]["mirrorPercentage"] == {"value": 5.0}
+    assert http[3]["mirrorPercentage"] == {"value": 5.0}
     assert m.virtual_service["spec"]["hosts"] == ["churn"]
     assert "kind: VirtualService" in m.to_yaml()
 

@@ -9,6 +9,7 @@ build the state in memory and any repr that reached for the target would be caug
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,13 @@ class OfflineTarget(MemoryTarget):
 class HostileEngine(MemoryEngine):
     """Reports every version but v1 not ready, with markup in the reason."""
 
-    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
+    def status(
+        self, state: EndpointState, versions: Collection[str] | None = None
+    ) -> dict[str, VersionStatus]:
         return {
             v: VersionStatus(v, v == "v1", int(state.traffic.weights.get(v, 0)), reason=SCRIPT)
             for v in state.version_names
+            if versions is None or v in versions
         }
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import subprocess
 import sys
 import threading
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
@@ -47,10 +48,12 @@ class SwitchEngine(MemoryEngine):
             raise self.refusal(self.refuse_routes)
         super().execute(plan)
 
-    def status(self, state: EndpointState) -> dict[str, VersionStatus]:
+    def status(
+        self, state: EndpointState, versions: Collection[str] | None = None
+    ) -> dict[str, VersionStatus]:
         return {
             v: dataclasses.replace(s, reason="process exited (code -9)" if v in self.down else "")
-            for v, s in super().status(state).items()
+            for v, s in super().status(state, versions).items()
         }
 
     def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:

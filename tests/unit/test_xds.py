@@ -1,4 +1,5 @@
-"""The VirtualService/DestinationRule -> Envoy translator (mlshift.local._xds), pure.
+"""The VirtualService/DestinationRule -> Envoy translator (mlshift.local._xds) and Envoy's
+bootstrap (mlshift.local._envoy_bootstrap), pure.
 
 Covers: one health-checked loopback cluster per subset; the weighted route, header routes
 (exact/prefix/regex) ahead of it, mirror with its fraction, retries (Istio names, status codes,
@@ -17,6 +18,7 @@ from mlshift._render import merge_routes, render
 from mlshift._state import EndpointState, HeaderRoute, Mirror, RoutePolicy, TrafficState
 from mlshift._state import VersionSpec as V
 from mlshift.local import _xds as xds
+from mlshift.local._envoy_bootstrap import bootstrap
 
 
 def _state(**traffic: Any) -> EndpointState:
@@ -24,12 +26,31 @@ def _state(**traffic: Any) -> EndpointState:
     return state.with_traffic(TrafficState(**traffic))
 
 
-def _routes(state: EndpointState) -> list[dict[str, Any]]:
+def _all_routes(state: EndpointState) -> list[dict[str, Any]]:
     config = xds.route_configuration(render(state).virtual_service)
     assert config["name"] == "mlshift"
     (host,) = config["virtual_hosts"]
     assert host["domains"] == ["*"]
     return list(host["routes"])
+
+
+def _routes(state: EndpointState) -> list[dict[str, Any]]:
+    """The routes after the version-pinned ones (test_version_pinned_paths_come_first)."""
+    return [r for r in _all_routes(state) if not r["name"].startswith("mlshift-version-")]
+
+
+def test_version_pinned_paths_come_first() -> None:
+    routes = _all_routes(
+        _state(weights={"v1": 0, "v2": 100}, headers=(HeaderRoute("v2", "x", "1"),))
+    )
+    assert [r["name"] for r in routes] == [
+        "mlshift-version-v1",
+        "mlshift-version-v2",
+        "mlshift-header-0",
+        "mlshift",
+    ]
+    assert routes[0]["match"] == {"safe_regex": {"regex": "/v2/models/[^/]+/versions/v1(/.*)?"}}
+    assert routes[0]["route"]["cluster"] == "churn_v1"  # whatever the weights say
 
 
 def test_one_health_checked_loopback_cluster_per_subset() -> None:
@@ -142,7 +163,8 @@ def test_foreign_routes_are_translated_in_place() -> None:
     }
     vs["spec"]["http"] = merge_routes([admin], vs["spec"]["http"])
     routes = xds.route_configuration(vs)["virtual_hosts"][0]["routes"]
-    assert [r["name"] for r in routes] == ["admin", "admin", "mlshift"]
+    names = [r["name"] for r in routes]
+    assert names == ["admin", "admin", "mlshift-version-v1", "mlshift-version-v2", "mlshift"]
     assert routes[0]["match"] == {"prefix": "/admin"}
     assert routes[1]["match"]["headers"] == [
         {"name": ":method", "string_match": {"exact": "DELETE"}}
@@ -179,7 +201,7 @@ def test_subsets_of_lists_destinations_and_mirror() -> None:
 
 
 def test_bootstrap_listens_on_loopback_with_watched_files() -> None:
-    boot = xds.bootstrap(router_port=8123, cds_path="/s/cds/cds.json", rds_path="/s/rds/rds.json")
+    boot = bootstrap(router_port=8123, cds_path="/s/cds/cds.json", rds_path="/s/rds/rds.json")
     assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     (listener,) = boot["static_resources"]["listeners"]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8123}
