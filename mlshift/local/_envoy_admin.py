@@ -14,6 +14,7 @@ but serves nothing (``listening``: its listener drained; ``route_count``: its ro
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import socket
@@ -79,7 +80,7 @@ def _admin_client(address: str) -> httpx.Client:
     return httpx.Client(base_url=f"http://{address}", timeout=2.0, trust_env=False)
 
 
-class EnvoyAdmin:
+class EnvoyAdmin(abc.ABC):
     """Asks one endpoint's Envoy through its admin interface; the base class of ``Router``.
 
     Where the admin listens comes from the running Envoy's record (``_recorded_admin``, which
@@ -100,9 +101,9 @@ class EnvoyAdmin:
         self._clients_lock = threading.Lock()
         self._admin_address = ""  # the running Envoy's, as last read from its record
 
+    @abc.abstractmethod
     def _recorded_admin(self) -> str:
         """The running Envoy's admin address as its record has it ('' when none runs)."""
-        raise NotImplementedError
 
     @property
     def admin(self) -> str:

@@ -21,6 +21,7 @@ state once every step ran.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import json
@@ -53,7 +54,7 @@ __all__ = ["PlanSteps"]
 log = logging.getLogger("mlshift.local")
 
 
-class PlanSteps:
+class PlanSteps(abc.ABC):
     """Runs plan steps on one endpoint's processes and Envoy; the base class of ``LocalEngine``.
 
     ``LocalEngine.execute`` checks a plan's routes (``_check_previous_routes``), runs each step
@@ -69,9 +70,9 @@ class PlanSteps:
     ready_timeout_s: float
 
     @property
+    @abc.abstractmethod
     def router(self) -> Router:
         """The endpoint's Envoy (``LocalEngine`` makes it on first use)."""
-        raise NotImplementedError
 
     def _run_step(
         self,
