@@ -99,7 +99,12 @@ def test_stop_signals_the_expected_model_server(tmp_path: Path) -> None:
     cmd += ["--name", "churn", "--version", "v1"]
     proc = subprocess.Popen(cmd, cwd=tmp_path)
     try:
-        record = ProcessRecord(proc.pid, 1, psutil.Process(proc.pid).create_time(), "")
+        child = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 10.0
+        # Between fork and exec the child still shows the parent's command line: wait for it.
+        while "model_server" not in child.cmdline() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        record = ProcessRecord(proc.pid, 1, child.create_time(), "")
         assert owned(record, EXPECTED)
         assert not owned(record, Expected.model_server("churn", "v2"))
         assert not owned(record, Expected.model_server("other", "v1"))
