@@ -12,19 +12,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mlshift._exceptions import InvalidArgumentError
 from mlshift._names import check_name
 
 __all__ = [
+    "ROUTINGS",
     "EndpointState",
     "HeaderRoute",
     "Mirror",
     "Resources",
     "RoutePolicy",
+    "Routing",
     "TrafficState",
     "VersionSpec",
 ]
 
 MatchKind = Literal["exact", "prefix", "regex"]
+Routing = Literal["istio", "gateway-api"]
+"""What routes an endpoint: Istio's VirtualService + DestinationRule, or a Gateway API HTTPRoute."""
+ROUTINGS: tuple[Routing, ...] = ("istio", "gateway-api")
 
 
 @dataclass(frozen=True)
@@ -131,9 +137,15 @@ class EndpointState:
     """Extra VirtualService hosts (e.g. an ingress host name) besides the endpoint's own."""
     gateways: tuple[str, ...] = ()
     """Istio gateways to bind; empty means the mesh only."""
+    routing: Routing = "istio"
+    """``"istio"`` (VirtualService) or ``"gateway-api"`` (HTTPRoute, one Service per version)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, kind="endpoint name")
+        if self.routing not in ROUTINGS:
+            raise InvalidArgumentError(
+                f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}"
+            )
 
     @property
     def version_names(self) -> list[str]:
@@ -179,6 +191,7 @@ class EndpointState:
             "policy": dataclasses.asdict(self.policy),
             "hosts": list(self.hosts),
             "gateways": list(self.gateways),
+            "routing": self.routing,
         }
 
     @classmethod
@@ -197,4 +210,5 @@ class EndpointState:
             policy=RoutePolicy(**(data.get("policy") or {})),
             hosts=tuple(data.get("hosts") or ()),
             gateways=tuple(data.get("gateways") or ()),
+            routing=data.get("routing") or "istio",
         )
