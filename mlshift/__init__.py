@@ -50,7 +50,7 @@ if _TYPE_CHECKING:
     from mlshift._canary import CanaryResult
     from mlshift._client import TrafficRun
     from mlshift.image import build_image
-    from mlshift.kube import Kubernetes, rbac
+    from mlshift.kube import Kubernetes, rbac, waypoint
     from mlshift.local import Local
 
 __version__ = "0.1.0"
@@ -97,6 +97,7 @@ __all__ = [
     "metrics",
     "plot",
     "rbac",
+    "waypoint",
 ]
 
 # Names loaded on first use, so `import mlshift` does not pay for Envoy, kubernetes or skops.
@@ -108,6 +109,7 @@ _LAZY = {
     "build_image": "mlshift.image",
     "Kubernetes": "mlshift.kube",
     "rbac": "mlshift.kube",
+    "waypoint": "mlshift.kube",
     "Local": "mlshift.local",
 }
 

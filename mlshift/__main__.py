@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run the quickstart on the local target (about a minute)")
     rbac = sub.add_parser("rbac", help="print the minimal Role the SDK needs")
     rbac.add_argument("namespace")
+    rbac.add_argument(
+        "--routing",
+        choices=("auto", "istio", "gateway-api"),
+        default="auto",
+        help="grant only what this routing uses (default: auto, both)",
+    )
     listing = sub.add_parser("list", help="print the endpoints on the local target, one a line")
     _add_target_options(listing)
     for name, helptext in _ENDPOINT_COMMANDS.items():
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             from mlshift._render import to_yaml
             from mlshift.kube import rbac
 
-            sys.stdout.write(to_yaml(rbac(args.namespace)))
+            sys.stdout.write(to_yaml(rbac(args.namespace, routing=args.routing)))
             return 0
         if args.command == "list":
             return _list(args)

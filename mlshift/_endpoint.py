@@ -136,6 +136,7 @@ class Endpoint(TrafficVerbs):
             namespace=self.target.namespace(),
             hosts=tuple(self.target.hosts),
             gateways=tuple(self.target.gateways),
+            routing=self.target.routing_for(self.name),
         )
         plan = self._apply(seen, base.with_version(spec), dry_run=dry_run)
         if dry_run:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mlshift._bundle_info import BundleInfo
     from mlshift._plan import Plan
     from mlshift._prediction_stats import PredictionStats
-    from mlshift._state import EndpointState, TrafficState, VersionSpec
+    from mlshift._state import EndpointState, Routing, TrafficState, VersionSpec
 
 __all__ = ["Capability", "Engine", "Target", "VersionStatus"]
 
@@ -120,6 +120,10 @@ class Target(Protocol):
 
     def engine(self, endpoint: str) -> Engine:
         """Return the engine that serves ``endpoint`` on this target."""
+        ...
+
+    def routing_for(self, endpoint: str) -> Routing:
+        """Return the routing a new ``endpoint`` gets (``"istio"`` or ``"gateway-api"``)."""
         ...
 
     def namespace(self) -> str:

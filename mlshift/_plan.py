@@ -46,7 +46,8 @@ class Step:
     """One write (or wait) against the target.
 
     ``apply`` creates or replaces ``obj``; ``wait-ready`` blocks until ``version`` serves;
-    ``patch-routes`` swaps mlshift's routes of the VirtualService for ``obj["http"]`` and
+    ``patch-routes`` swaps mlshift's routes of the VirtualService for ``obj["http"]`` (of
+    the HTTPRoute for ``obj["rules"]``, Gateway API routing) and
     keeps every other route — provided the live managed routes still equal
     ``obj["previous"]`` (None: no check), else the engine raises ``ConflictError`` so the
     caller re-reads and recomputes; ``delete`` removes the named object.
@@ -64,6 +65,13 @@ class Step:
         if self.kind == "DestinationRule" and self.obj:
             subsets = ", ".join(s["name"] for s in self.obj["spec"]["subsets"])
             text += f" (subsets {subsets or 'none'})"
+        elif self.action == "patch-routes" and self.obj and "rules" in self.obj:
+            main = next(r for r in self.obj["rules"] if r["name"] == "mlshift")
+            weights = ", ".join(
+                f"{b['name'].removeprefix(self.name + '-')}={b['weight']}"
+                for b in main["backendRefs"]
+            )
+            text += f" (weights {weights})"
         elif self.action == "patch-routes" and self.obj:
             main = next(r for r in self.obj["http"] if r["name"] == "mlshift")
             weights = ", ".join(
@@ -133,6 +141,10 @@ def plan_change(
         >>> [s.describe() for s in plan_change(None, new).steps][:2]
         ['apply Deployment churn-v1', 'wait-ready Deployment churn-v1']
     """
+    if new.routing == "gateway-api":
+        from mlshift._plan_gateway import plan_change_gateway
+
+        return plan_change_gateway(old, new, history=history)
     before = {v.name: v for v in (old.versions if old else ())}
     steps: list[Step] = []
     for spec in new.versions:
@@ -161,6 +173,10 @@ def plan_change(
 
 def plan_delete(state: EndpointState) -> Plan:
     """Return the steps that remove an endpoint: routes first, Deployments last."""
+    if state.routing == "gateway-api":
+        from mlshift._plan_gateway import plan_delete_gateway
+
+        return plan_delete_gateway(state)
     steps = [
         Step("delete", "VirtualService", state.name),
         Step("delete", "DestinationRule", state.name),

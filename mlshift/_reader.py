@@ -27,7 +27,7 @@ from mlshift._display import Version, YAMLText, version_table
 from mlshift._durations import parse_duration
 from mlshift._exceptions import APIError, ConfigError, MlshiftError, UnknownVersionError
 from mlshift._names import check_name
-from mlshift._render import render
+from mlshift._render_gateway import render_any
 from mlshift._state import EndpointState, TrafficState
 
 if TYPE_CHECKING:
@@ -220,7 +220,9 @@ class EndpointReader:
         status = self.engine.status(state) if state else {}
         self._applied = dataclasses.replace(self._applied, status=status)
         rows = [dataclasses.asdict(s) for s in status.values()]
-        return pd.DataFrame(rows, columns=STATUS_COLUMNS).set_index("version")
+        frame = pd.DataFrame(rows, columns=STATUS_COLUMNS).set_index("version")
+        frame.attrs["routing"] = state.routing if state else None
+        return frame
 
     def history(self) -> list[dict[str, int]]:
         """Past traffic weights, oldest first (what ``rollback()`` returns to).
@@ -243,7 +245,7 @@ class EndpointReader:
             raise UnknownVersionError(
                 f"endpoint {self.name!r} has no versions to render; deploy one (dry_run=True works)"
             )
-        return YAMLText(render(seen.state).to_yaml())
+        return YAMLText(render_any(seen.state).to_yaml())
 
     def metrics(self, since: str | float = "5m", step: str | float = "10s") -> pd.DataFrame:
         """Per-version request rate, errors and latency: one row per (time, version).
@@ -354,9 +356,17 @@ class EndpointReader:
     def __repr__(self) -> str:
         weights = ", ".join(f"{v}={w}" for v, w in self.weights.items())
         planned = " (dry run)" if self._shown()[1] else ""
-        return f"<Endpoint {self.name} on {self.target.name}{planned}: {weights or 'no versions'}>"
+        state = self._shown()[0]
+        # Istio's VirtualService is the default; only the Gateway API is named.
+        via = " via gateway-api" if state is not None and state.routing != "istio" else ""
+        return (
+            f"<Endpoint {self.name} on {self.target.name}{via}{planned}:"
+            f" {weights or 'no versions'}>"
+        )
 
     def _repr_html_(self) -> str:
         planned = ", dry run: planned, not applied" if self._shown()[1] else ""
-        title = f"{self.name} ({self.target.name}{planned})"
+        state = self._shown()[0]
+        via = ", via gateway-api" if state is not None and state.routing != "istio" else ""
+        title = f"{self.name} ({self.target.name}{via}{planned})"
         return version_table(list(self.versions.values()), title)

@@ -4,7 +4,9 @@
 ``mlshift.image``); its engine (``_engine``) applies the renderer's objects in the safe
 order and reads them back (``_live``), through one thin client layer (``_api``); metrics
 come from Prometheus through ``mlshift.metrics``; ``rbac`` gives the minimal Role the SDK
-needs. Importing this package does not import the ``kubernetes`` client.
+needs. Routing is Istio's VirtualService or a Gateway API HTTPRoute (``_gateway``;
+``waypoint`` renders the Gateway ambient mode needs). Importing this package does not import
+the ``kubernetes`` client.
 
 Example:
     >>> import mlshift
@@ -12,7 +14,8 @@ Example:
     >>> ep = mlshift.endpoint("churn", target=target)  # doctest: +SKIP
 """
 
+from mlshift.kube._gateway import waypoint
 from mlshift.kube._rbac import manifest_yaml, rbac
 from mlshift.kube._target import Kubernetes
 
-__all__ = ["Kubernetes", "manifest_yaml", "rbac"]
+__all__ = ["Kubernetes", "manifest_yaml", "rbac", "waypoint"]

@@ -28,6 +28,7 @@ __all__ = [
     "DESTINATION_RULES",
     "EVENTS",
     "FIELD_MANAGER",
+    "HTTP_ROUTES",
     "PODS",
     "REPLICA_SETS",
     "RESOURCES",
@@ -72,9 +73,11 @@ PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
 DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
 VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
+HTTP_ROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 RESOURCES = {
     r.kind: r
     for r in (
+        HTTP_ROUTES,
         DEPLOYMENTS,
         REPLICA_SETS,
         SERVICES,
@@ -226,6 +229,10 @@ class KubeAPI:
         except (api_exception, http_error, OSError) as exc:
             raise wrap_api_exception(exc, what, self.server) from exc
         return data if isinstance(data, dict) else {}
+
+    def get_path(self, path: str, what: str) -> dict[str, Any]:
+        """GET any API path (discovery, a cluster-scoped object); errors as for ``get``."""
+        return self._call("GET", path, what)
 
     def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
         """Return one object; ``APINotFoundError`` when it does not exist."""

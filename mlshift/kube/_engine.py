@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ from mlshift.kube._api import (
     VIRTUAL_SERVICES,
     KubeAPI,
 )
+from mlshift.kube._gateway import load_gateway, patch_rules
 from mlshift.kube._live import (
     HISTORY_ANNOTATION,
     Rollout,
@@ -106,6 +107,10 @@ class EngineSettings:
     """A bearer token for Prometheus (sent as ``Authorization: Bearer ...``)."""
     prometheus_headers: Mapping[str, str] | None = None
     """Extra HTTP headers for Prometheus (a tenant header, a proxy's auth)."""
+    routing: str = "istio"
+    """``"istio"``, ``"gateway-api"`` or ``"auto"``: which routes ``load`` looks for."""
+    ambient: Callable[[], bool] | None = None
+    """Whether the namespace is in Istio's ambient mode (metrics then come from the waypoint)."""
 
 
 class KubernetesEngine:
@@ -150,7 +155,13 @@ class KubernetesEngine:
         """
         ns = self.settings.namespace
         deployments = self._deployments(ns, name)
+        if self.settings.routing == "gateway-api":
+            return load_gateway(self.api, ns, name, deployments)
         dr = self._get_or_none(DESTINATION_RULES, ns, name)
+        if dr is None and self.settings.routing == "auto":
+            found = load_gateway(self.api, ns, name, deployments)
+            if found is not None:
+                return found
         vs = self._get_or_none(VIRTUAL_SERVICES, ns, name)
         subsets = [str(s.get("name")) for s in dig(dr, "spec", "subsets") or ()]
         versions = tuple(
@@ -227,6 +238,8 @@ class KubernetesEngine:
         """Per-version metrics from Prometheus (Istio's metrics); needs no Kubernetes API."""
         from mlshift.metrics import istio_metrics
 
+        gateway = state.routing == "gateway-api"
+        ambient = gateway and self.settings.ambient is not None and self.settings.ambient()
         return istio_metrics(
             self.settings.prometheus_url,
             service=state.name,
@@ -235,6 +248,8 @@ class KubernetesEngine:
             step=step,
             token=self.settings.prometheus_token,
             headers=self.settings.prometheus_headers,
+            reporter="waypoint" if ambient else "destination",
+            version_services=gateway,
         )
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
@@ -281,12 +296,19 @@ class KubernetesEngine:
                 obj = step.obj or {}
                 routes = list(obj.get("http") or ())
                 previous = obj.get("previous")
+                if step.kind == "HTTPRoute":
+                    rules = list(obj.get("rules") or ())
+                    past = None if previous is None else list(previous)
+                    patch_rules(self.api, state, rules, plan.history, past)
+                    continue
                 self._patch_routes(
                     state, routes, plan.history, None if previous is None else list(previous)
                 )
             elif step.action == "delete":
                 self.api.delete(RESOURCES[step.kind], state.namespace, step.name)
-        deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
+        deleting = any(
+            s.action == "delete" and s.kind in ("VirtualService", "HTTPRoute") for s in plan.steps
+        )
         if deleting:
             # Deployments whose rollout failed never joined the endpoint's state: sweep them.
             for dep in self._deployments(state.namespace, state.name).values():

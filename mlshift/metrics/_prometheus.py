@@ -267,11 +267,21 @@ def rate_window(step: float, scrape_interval: float) -> float:
     return max(step + scrape_interval, 4.0 * scrape_interval)
 
 
-def istio_queries(service: str, namespace: str, window: float) -> dict[str, str]:
+def istio_queries(
+    service: str,
+    namespace: str,
+    window: float,
+    *,
+    reporter: str = "destination",
+    version_services: bool = False,
+) -> dict[str, str]:
     """The PromQL behind ``istio_metrics``, keyed by the frame column each one fills.
 
     Only ``reporter="destination"`` is read: Istio reports each request twice, once by the
     client's sidecar (``source``) and once by the server's, and summing both doubles counts.
+    In ambient mode L7 metrics come from the waypoint only (``reporter="waypoint"``). With
+    Gateway API routing (``version_services``) requests reach the version Services
+    ``<service>-<version>``, so those are read as well.
 
     Example:
         >>> istio_queries("churn", "ml", 60.0)["rps"]  # doctest: +ELLIPSIS
@@ -279,8 +289,13 @@ def istio_queries(service: str, namespace: str, window: float) -> dict[str, str]
     """
     check_name(service, kind="service")
     check_name(namespace, kind="namespace")
+    if reporter not in ("destination", "waypoint"):
+        raise InvalidArgumentError(
+            f"reporter must be 'destination' or 'waypoint', got {reporter!r}"
+        )
+    name = f'=~"{service}|{service}-.+"' if version_services else f'="{service}"'
     selector = (
-        f'reporter="destination",destination_service_name="{service}",'
+        f'reporter="{reporter}",destination_service_name{name},'
         f'destination_service_namespace="{namespace}"'
     )
     w = f"{max(1, round(window))}s"
@@ -311,6 +326,8 @@ def istio_metrics(
     headers: Mapping[str, str] | None = None,
     token: str | None = None,
     timeout: float = 10.0,
+    reporter: str = "destination",
+    version_services: bool = False,
 ) -> pd.DataFrame:
     """Per-version traffic, errors and latency of one Istio service, as the metrics frame.
 
@@ -334,6 +351,9 @@ def istio_metrics(
         scrape_interval: Prometheus's scrape interval for these metrics (Istio's addon: 15s).
         window: override the ``rate()`` window.
         headers: extra HTTP headers; token: a bearer token; timeout: seconds per request.
+        reporter: ``"waypoint"`` in Istio's ambient mode, else ``"destination"``.
+        version_services: also read the version Services ``<service>-<version>`` (Gateway
+            API routing sends requests there).
 
     Raises:
         MetricsUnavailableError: Prometheus cannot be reached or answered garbage.
@@ -355,7 +375,9 @@ def istio_metrics(
         else rate_window(step_s, scrape_s)
     )
     end_s = _epoch(end) if end is not None else math.floor(_time.time() / step_s) * step_s
-    queries = istio_queries(service, namespace, window_s)
+    queries = istio_queries(
+        service, namespace, window_s, reporter=reporter, version_services=version_services
+    )
     answers: dict[str, list[Series]] = {}
     with PrometheusClient(prometheus_url, token=token, headers=headers, timeout=timeout) as prom:
         for column, promql in queries.items():

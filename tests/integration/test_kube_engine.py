@@ -586,8 +586,8 @@ def test_rbac_role_grants_exactly_the_verbs_the_flows_use(kube_emulator: KubeEmu
 
     service = render_service(EndpointState("churn", "ml"))  # made beforehand by someone
     kube_emulator.put("v1/services", "churn", service)
-    engine = _target(kube_emulator).engine("churn")
-    impatient = _target(kube_emulator, rollout_timeout=0.2).engine("churn")
+    engine = _target(kube_emulator, routing="istio").engine("churn")
+    impatient = _target(kube_emulator, rollout_timeout=0.2, routing="istio").engine("churn")
     with pytest.raises(NotReadyError, match="FailedCreate"):
         _deploy(impatient, _spec("v1", image="registry.test/ml/forbidden@sha256:" + "6" * 64))
     _deploy(engine, _spec("v1"))
@@ -612,7 +612,7 @@ def test_rbac_role_grants_exactly_the_verbs_the_flows_use(kube_emulator: KubeEmu
             out.add((req.resource.group, req.resource.plural, verb))
         return out
 
-    role = rbac("ml")[0]
+    role = rbac("ml", routing="istio")[0]
     granted = {
         (group, resource, verb)
         for rule in role["rules"]

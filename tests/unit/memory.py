@@ -21,7 +21,7 @@ from mlshift._frame import empty_frame
 from mlshift._plan import Plan
 from mlshift._prediction_stats import PredictionStats
 from mlshift._render import managed_routes
-from mlshift._state import EndpointState, TrafficState, VersionSpec
+from mlshift._state import EndpointState, Routing, TrafficState, VersionSpec
 
 
 class MemoryEngine:
@@ -85,6 +85,9 @@ class MemoryTarget:
     name = "memory"
     hosts: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
+
+    def routing_for(self, endpoint: str) -> Routing:
+        return "istio"
 
     def __init__(self) -> None:
         self.engines: dict[str, MemoryEngine] = {}
