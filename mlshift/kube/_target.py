@@ -184,7 +184,7 @@ class Kubernetes:
             ("namespace", self._namespace),
             ("context", self.context),
             ("registry", self.registry),
-            ("routing", self.routing),
+            ("routing", None if self.routing == "auto" else self.routing),
         )
         parts = [f"{key}={value}" for key, value in pairs if value]
         return f"<Kubernetes {' '.join(parts)}>" if parts else "<Kubernetes>"

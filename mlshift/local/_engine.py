@@ -34,6 +34,7 @@ from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
 from mlshift.local._envoy import Router
 from mlshift.local._files import EndpointFiles
+from mlshift.local._httproute import read_http_route
 from mlshift.local._ownership import ProcessRecord, identify, owned
 from mlshift.local._sampling import MeshSampling
 from mlshift.local._steps import PlanSteps
@@ -140,8 +141,10 @@ class LocalEngine(PlanSteps):
             # has changed since must not overwrite that change (the caller re-reads).
             for step in plan.steps:
                 if step.action == "patch-routes" and step.obj is not None:
-                    self._check_previous_routes(step.obj.get("previous"))
-            deleting = any(s.action == "delete" and s.kind == "Service" for s in plan.steps)
+                    self._check_previous_routes(step.obj.get("previous"), step.kind)
+            deleting = any(
+                s.action == "delete" and s.kind == "Service" and not s.version for s in plan.steps
+            )
             started: list[str] = []
             replaced: dict[str, ProcessRecord] = {}
             try:
@@ -309,12 +312,15 @@ class LocalEngine(PlanSteps):
             self.sampling.start()
             # Clusters and routes from the stored objects, whatever the files say now (a lost
             # route file would leave Envoy with no routes: every request a 404).
-            rule = self.files.stored("DestinationRule")
+            rule = self._cluster_rule()
             if rule is not None:
                 self._write_clusters(rule)
             service = self.files.stored("VirtualService")
+            route = self.files.stored("HTTPRoute")
             if service is not None:
                 self.router.write_routes(xds.route_configuration(service))
+            elif route is not None:
+                self.router.write_routes(xds.envoy_routes(read_http_route(route, self.name)))
             if failed:
                 raise failed[0]
             return restarted

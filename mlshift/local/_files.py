@@ -106,9 +106,12 @@ class EndpointFiles:
         return self.root / "run"
 
     def object_path(self, kind: str, name: str = "") -> Path:
-        """Where the last applied object of ``kind`` (Deployment: called ``name``) is kept."""
+        """Where the last applied object of ``kind`` (Deployment, a version's Service: called
+        ``name``) is kept."""
         if kind == "Deployment":
             return self.root / "objects" / "deployments" / f"{name}.json"
+        if kind == "Service" and name:
+            return self.root / "objects" / "services" / f"{name}.json"
         return self.root / "objects" / f"{kind.lower()}.json"
 
     def stored(self, kind: str, name: str = "") -> dict[str, Any] | None:

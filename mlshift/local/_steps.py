@@ -5,12 +5,14 @@ Plan steps map onto the local mesh like this:
     apply Deployment       start the version's model_server (a changed model: a new process
                            beside the old one, swapped in once ready)
     wait-ready             wait for /v2/health/ready, or stop it and raise NotReadyError
-    apply Service          make sure the endpoint's Envoy runs
+    apply Service          make sure the endpoint's Envoy runs; a version's Service
+                           (Gateway API routing): add its cluster, as a subset would
     apply DestinationRule  translate to clusters, write them, wait until Envoy runs them
     patch-routes           merge mlshift's routes into the stored VirtualService (foreign
                            routes kept), translate, write, wait until Envoy accepted them;
                            if the stored managed routes are not the step's "previous" ones,
                            ConflictError before any step of the plan runs
+    patch-routes HTTPRoute the same with the HTTPRoute's managed rules (``_httproute``)
     delete ...             stop the process / drop the routes or clusters / stop Envoy
 
 When a step fails, the versions the plan started are stopped and the records of the processes
@@ -38,9 +40,11 @@ from mlshift._exceptions import (
     RoutingError,
 )
 from mlshift._render import is_managed_route, merge_routes, render_virtual_service
+from mlshift._render_gateway import backends_of, merge_rules, render_http_route
 from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
 from mlshift.local._files import EndpointFiles, write_json
+from mlshift.local._httproute import read_http_route
 from mlshift.local._ownership import ProcessRecord, owned
 
 if TYPE_CHECKING:
@@ -85,6 +89,10 @@ class PlanSteps(abc.ABC):
             self._apply_deployment(step, plan.state, started, replaced)
         elif step.action == "wait-ready":
             self._wait_ready(str(step.version), replaced)
+        elif step.action == "apply" and step.kind == "Service" and step.version:
+            assert step.obj is not None
+            write_json(self.files.object_path("Service", str(step.version)), step.obj)
+            self._add_version_service(str(step.version))
         elif step.action == "apply" and step.kind == "Service":
             self.router.ensure_running()
             write_json(self.files.object_path("Service"), step.obj)
@@ -93,6 +101,9 @@ class PlanSteps(abc.ABC):
             assert step.obj is not None
             self._write_clusters(step.obj)
             write_json(self.files.object_path("DestinationRule"), step.obj)
+        elif step.action == "patch-routes" and step.kind == "HTTPRoute":
+            assert step.obj is not None
+            self._patch_rules(step.obj, plan)
         elif step.action == "patch-routes":
             assert step.obj is not None
             self._patch_routes(step.obj, plan)
@@ -161,7 +172,7 @@ class PlanSteps(abc.ABC):
         )
         old = replaced.pop(version, None)
         if old is not None:
-            rule = self.files.stored("DestinationRule")
+            rule = self._cluster_rule()
             if rule is not None and self.router.running():
                 self._write_clusters(rule)  # now pointing at the new process
             procs.stop(old, self.files.server(version))
@@ -182,13 +193,39 @@ class PlanSteps(abc.ABC):
         self.sampling.start()
         self.router.write_clusters(clusters)
 
-    def _check_previous_routes(self, previous: list[dict[str, Any]] | None) -> None:
-        """Raise ConflictError when the stored managed routes are not ``previous``."""
+    def _cluster_rule(self) -> dict[str, Any] | None:
+        """What Envoy's clusters are made of: the stored DestinationRule, or (Gateway API
+        routing) the version Services, as a rule with one subset per version."""
+        rule = self.files.stored("DestinationRule")
+        if rule is not None:
+            return rule
+        versions = self.files.stored("VersionServices")
+        if versions is None:
+            return None
+        subsets = [{"name": v} for v in versions.get("versions") or ()]
+        return {"metadata": {"name": self.name}, "spec": {"host": self.name, "subsets": subsets}}
+
+    def _add_version_service(self, version: str, *, remove: bool = False) -> None:
+        stored = self.files.stored("VersionServices") or {"versions": []}
+        versions = [v for v in stored.get("versions") or () if v != version]
+        if not remove:
+            versions.append(version)
+        write_json(self.files.object_path("VersionServices"), {"versions": versions})
+        rule = self._cluster_rule()
+        if rule is not None and (not remove or self.router.running()):
+            self._write_clusters(rule)
+
+    def _check_previous_routes(
+        self, previous: list[dict[str, Any]] | None, kind: str = "VirtualService"
+    ) -> None:
+        """Raise ConflictError when the stored managed routes (or HTTPRoute rules) are not
+        ``previous``."""
         if previous is None:
             return
-        stored = self.files.stored("VirtualService")
+        stored = self.files.stored(kind)
+        field = "rules" if kind == "HTTPRoute" else "http"
         live = [
-            r for r in ((stored or {}).get("spec") or {}).get("http") or () if is_managed_route(r)
+            r for r in ((stored or {}).get("spec") or {}).get(field) or () if is_managed_route(r)
         ]
         # Compared as JSON, the way they are stored (tuples become lists and so on).
         if json.loads(json.dumps(previous)) != live:
@@ -224,17 +261,44 @@ class PlanSteps(abc.ABC):
         write_json(self.files.object_path("VirtualService"), vs)
         self.files.save_state(plan.state, plan.history)
 
+    def _patch_rules(self, patch: dict[str, Any], plan: Plan) -> None:
+        stored = self.files.stored("HTTPRoute")
+        route = copy.deepcopy(stored) if stored else render_http_route(plan.state)
+        route.setdefault("spec", {})
+        route["spec"]["rules"] = merge_rules(
+            stored["spec"].get("rules") if stored else None, patch["rules"]
+        )
+        config = xds.envoy_routes(read_http_route(route, self.name))
+        rule = self._cluster_rule() or {}
+        have = {s["name"] for s in (rule.get("spec") or {}).get("subsets") or ()}
+        named = backends_of(route, self.name)
+        if named - have:
+            raise RoutingError(
+                f"the HTTPRoute of {self.name!r} sends traffic to "
+                f"{', '.join(sorted(map(repr, named - have)))}, which has no version Service "
+                f"(there are {', '.join(sorted(map(repr, have))) or 'none'}); deploy the version"
+                " first. Routing is unchanged"
+            )
+        self.router.ensure_running()
+        self.sampling.start()
+        self.router.write_routes(config)
+        write_json(self.files.object_path("HTTPRoute"), route)
+        self.files.save_state(plan.state, plan.history)
+
     def _delete(self, step: Step) -> None:
-        if step.kind == "Deployment":
+        if step.kind == "Service" and step.version:
+            self._add_version_service(str(step.version), remove=True)
+            self.files.object_path("Service", str(step.version)).unlink(missing_ok=True)
+        elif step.kind == "Deployment":
             version = str(step.version)
             procs.stop(self.files.record(version), self.files.server(version))
             self.files.record_path(version).unlink(missing_ok=True)
             self.files.object_path("Deployment", version).unlink(missing_ok=True)
             shutil.rmtree(self.root / "bundles" / version, ignore_errors=True)
-        elif step.kind == "VirtualService":
+        elif step.kind in ("VirtualService", "HTTPRoute"):
             if self.router.running():
                 self.router.write_routes(xds.empty_route_configuration())
-            self.files.object_path("VirtualService").unlink(missing_ok=True)
+            self.files.object_path(step.kind).unlink(missing_ok=True)
         elif step.kind == "DestinationRule":
             if self.router.running():
                 self.router.write_clusters([])

@@ -1,5 +1,9 @@
 """The translator: Istio DestinationRule + VirtualService in, Envoy xDS resources out. Pure.
 
+Routes go through one internal model (``RouteTable`` of ``Route``s): ``read_virtual_service``
+here and ``read_http_route`` (``_httproute``, the Gateway API form) both produce it, and
+``envoy_routes`` turns it into Envoy's RouteConfiguration, so both routings behave alike.
+
 The local mesh runs a real Envoy configured from the very objects the Kubernetes target
 applies, so what a notebook sees locally is Istio's routing, not a simulation of it:
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlshift._durations import parse_duration
@@ -34,10 +39,16 @@ __all__ = [
     "ROUTE_CONFIG_NAME",
     "ROUTE_TYPE",
     "STAT_PREFIX",
+    "Match",
+    "Route",
+    "RouteTable",
     "cluster_name",
     "clusters",
+    "clusters_for",
     "discovery_response",
     "empty_route_configuration",
+    "envoy_routes",
+    "read_virtual_service",
     "retry_policy",
     "route_configuration",
     "subsets_of",
@@ -118,14 +129,40 @@ def clusters(
         'churn_v1'
     """
     spec = destination_rule.get("spec") or {}
-    host = str(spec.get("host") or "")
+    versions = [str(subset["name"]) for subset in spec.get("subsets") or ()]
+    return clusters_for(
+        str(spec.get("host") or ""),
+        versions,
+        ports,
+        health_interval_s=health_interval_s,
+        what=f"DestinationRule {_short_name(destination_rule)!r} has subset",
+    )
+
+
+def clusters_for(
+    host: str,
+    versions: Sequence[str],
+    ports: Mapping[str, int],
+    *,
+    health_interval_s: float = HEALTH_INTERVAL_S,
+    what: str = "the endpoint has version",
+) -> list[dict[str, Any]]:
+    """Return one Envoy cluster per version of ``host`` (a DestinationRule subset, or a
+    Gateway API version Service).
+
+    Raises:
+        RoutingError: a version has no server port.
+
+    Example:
+        >>> clusters_for("churn", ["v1"], {"v1": 9001})[0]["name"]
+        'churn_v1'
+    """
     out: list[dict[str, Any]] = []
-    for subset in spec.get("subsets") or ():
-        version = str(subset["name"])
+    for version in versions:
         if version not in ports:
             raise RoutingError(
-                f"DestinationRule {_short_name(destination_rule)!r} has subset {version!r} but no "
-                f"local server runs it; deploy {version!r} first or remove the subset"
+                f"{what} {version!r} but no local server runs it; deploy {version!r} first or"
+                " remove it"
             )
         name = cluster_name(host, version)
         interval = _seconds(health_interval_s, what="health check interval")
@@ -208,49 +245,76 @@ def retry_policy(retries: Mapping[str, Any]) -> dict[str, Any] | None:
     return policy
 
 
-def _string_match(where: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Match:
+    """One match block of a route (blocks of a route are ORed), in the router's own terms.
+
+    ``path`` and each header condition are ``(kind, value)`` with kind ``exact``,
+    ``prefix`` or ``regex`` (RE2, full match); no path means every path.
+    """
+
+    path: tuple[str, str] | None = None
+    ignore_case: bool = False
+    headers: tuple[tuple[str, str, str], ...] = ()
+    """(lower-case name, kind, value) per header condition, all of which must hold."""
+    method: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the internal model both readers (VirtualService, HTTPRoute) produce."""
+
+    name: str
+    matches: tuple[Match, ...]
+    backends: tuple[tuple[str, int], ...]
+    """(version, weight) pairs; one backend with weight > 0 takes everything."""
+    mirror: tuple[str, float] | None = None
+    """(version, percent) copied and answered into the void."""
+    timeout: str = "0s"
+    """Envoy duration; ``0s`` is no timeout."""
+    retries: Mapping[str, Any] | None = None
+    """Istio's HTTPRetry form (``attempts``, ``retryOn``, ``perTryTimeout``)."""
+    where: str = ""
+    """Where the route came from, for error messages."""
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """An endpoint's routes in the order they are tried (first match wins)."""
+
+    host: str
+    routes: tuple[Route, ...] = field(default=())
+
+
+def _string_match(where: str, spec: Mapping[str, Any]) -> tuple[str, str]:
     kinds = [k for k in spec if k in _MATCH_KINDS]
     if len(kinds) != 1 or len(spec) != 1:
         raise RoutingError(
             f"{where} must have exactly one of exact, prefix or regex, got {dict(spec)!r}"
         )
-    kind = kinds[0]
-    value = str(spec[kind])
-    if kind == "regex":
-        return {"safe_regex": {"regex": value}}
-    return {kind: value}
+    return kinds[0], str(spec[kinds[0]])
 
 
-def _route_match(where: str, block: Mapping[str, Any]) -> dict[str, Any]:
+def _vs_match(where: str, block: Mapping[str, Any]) -> Match:
     unknown = sorted(set(block) - _MATCH_KEYS)
     if unknown:
         raise RoutingError(
             f"{where} uses {', '.join(unknown)}, which the local router does not support; "
             "match on uri, headers or method"
         )
-    match: dict[str, Any] = {"prefix": "/"}
-    uri = block.get("uri")
-    if uri:
-        match = _string_match(f"{where}.uri", uri)
-        if "safe_regex" in match:
-            match = {"safe_regex": match["safe_regex"]}
-        elif "exact" in match:
-            match = {"path": match["exact"]}
-    if block.get("ignoreUriCase"):
-        match["case_sensitive"] = False
-    headers = [
-        {"name": str(name).lower(), "string_match": _string_match(f"{where}.headers.{name}", spec)}
+    headers = tuple(
+        (str(name).lower(), *_string_match(f"{where}.headers.{name}", spec))
         for name, spec in (block.get("headers") or {}).items()
-    ]
-    if block.get("method"):
-        method = _string_match(f"{where}.method", block["method"])
-        headers.append({"name": ":method", "string_match": method})
-    if headers:
-        match["headers"] = headers
-    return match
+    )
+    return Match(
+        path=_string_match(f"{where}.uri", block["uri"]) if block.get("uri") else None,
+        ignore_case=bool(block.get("ignoreUriCase")),
+        headers=headers,  # type: ignore[arg-type]
+        method=_string_match(f"{where}.method", block["method"]) if block.get("method") else None,
+    )
 
 
-def _cluster_of(where: str, destination: Mapping[str, Any], hosts: Sequence[str]) -> str:
+def _version_of(where: str, destination: Mapping[str, Any], hosts: Sequence[str]) -> str:
     host = str(destination.get("host") or "")
     subset = destination.get("subset")
     if host not in hosts:
@@ -262,38 +326,115 @@ def _cluster_of(where: str, destination: Mapping[str, Any], hosts: Sequence[str]
         raise RoutingError(
             f"{where} names no subset; every local destination must pick a version's subset"
         )
-    return cluster_name(hosts[0], str(subset))
+    return str(subset)
 
 
-def _route_action(where: str, http: Mapping[str, Any], hosts: Sequence[str]) -> dict[str, Any]:
+def _vs_route(where: str, http: Mapping[str, Any], hosts: Sequence[str]) -> Route:
     destinations = list(http.get("route") or ())
     if not destinations:
         raise RoutingError(f"{where} has no destinations; give it at least one subset")
-    action: dict[str, Any] = {}
-    if len(destinations) == 1 and int(destinations[0].get("weight", 100)) > 0:
-        action["cluster"] = _cluster_of(where, destinations[0]["destination"], hosts)
-    else:
-        weighted = []
-        for i, item in enumerate(destinations):
-            weight = item.get("weight", 0)
-            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-                raise RoutingError(
-                    f"{where}.route[{i}] weight must be a whole number >= 0, got {weight!r}"
-                )
-            cluster = _cluster_of(f"{where}.route[{i}]", item["destination"], hosts)
-            weighted.append({"name": cluster, "weight": weight})
-        action["weighted_clusters"] = {"clusters": weighted}
-    action["timeout"] = _seconds(http["timeout"], what="timeout") if http.get("timeout") else "0s"
-    retries = retry_policy(http.get("retries") or {"attempts": 0})
-    if retries:
-        action["retry_policy"] = retries
+    backends = []
+    for i, item in enumerate(destinations):
+        weight = item.get("weight", 100 if len(destinations) == 1 else 0)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise RoutingError(
+                f"{where}.route[{i}] weight must be a whole number >= 0, got {weight!r}"
+            )
+        backends.append((_version_of(f"{where}.route[{i}]", item["destination"], hosts), weight))
+    mirror = None
     if http.get("mirror"):
         percent = float((http.get("mirrorPercentage") or {}).get("value", 100.0))
+        mirror = (_version_of(f"{where}.mirror", http["mirror"], hosts), percent)
+    return Route(
+        name=str(http.get("name") or ""),
+        matches=tuple(
+            _vs_match(f"{where}.match[{j}]", block)
+            for j, block in enumerate(http.get("match") or [{}])
+        ),
+        backends=tuple(backends),
+        mirror=mirror,
+        timeout=_seconds(http["timeout"], what="timeout") if http.get("timeout") else "0s",
+        retries=http.get("retries") or {"attempts": 0},
+        where=where,
+    )
+
+
+def read_virtual_service(virtual_service: Mapping[str, Any]) -> RouteTable:
+    """Read a VirtualService's HTTP routes into the internal model (order kept).
+
+    The endpoint's host is the VirtualService's first host; destinations on other hosts are
+    refused.
+
+    Raises:
+        RoutingError: a route uses something the local router cannot do, or names no subset.
+
+    Example:
+        >>> vs = {"spec": {"hosts": ["churn"], "http": [{"name": "mlshift", "route": [
+        ...     {"destination": {"host": "churn", "subset": "v1"}, "weight": 100}]}]}}
+        >>> read_virtual_service(vs).routes[0].backends
+        (('v1', 100),)
+    """
+    spec = virtual_service.get("spec") or {}
+    hosts = [str(h) for h in spec.get("hosts") or ()]
+    if not hosts:
+        raise RoutingError(
+            f"VirtualService {_short_name(virtual_service)!r} has no hosts; it needs its "
+            "endpoint's name as the first host"
+        )
+    routes = []
+    for i, http in enumerate(spec.get("http") or ()):
+        where = f"VirtualService http[{i}] ({http.get('name') or 'unnamed'})"
+        unknown = sorted(set(http) - _ROUTE_KEYS)
+        if unknown:
+            raise RoutingError(
+                f"{where} uses {', '.join(unknown)}, which the local router does not support; "
+                "remove it or use a cluster target"
+            )
+        routes.append(_vs_route(where, http, hosts))
+    return RouteTable(hosts[0], tuple(routes))
+
+
+def _envoy_string(kind: str, value: str) -> dict[str, Any]:
+    return {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+
+
+def _envoy_match(match: Match) -> dict[str, Any]:
+    out: dict[str, Any] = {"prefix": "/"}
+    if match.path is not None:
+        kind, value = match.path
+        out = {"path": value} if kind == "exact" else _envoy_string(kind, value)
+    if match.ignore_case:
+        out["case_sensitive"] = False
+    headers = [
+        {"name": name, "string_match": _envoy_string(kind, value)}
+        for name, kind, value in match.headers
+    ]
+    if match.method is not None:
+        headers.append({"name": ":method", "string_match": _envoy_string(*match.method)})
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _envoy_action(route: Route, host: str) -> dict[str, Any]:
+    action: dict[str, Any] = {}
+    if len(route.backends) == 1 and route.backends[0][1] > 0:
+        action["cluster"] = cluster_name(host, route.backends[0][0])
+    else:
+        action["weighted_clusters"] = {
+            "clusters": [{"name": cluster_name(host, v), "weight": w} for v, w in route.backends]
+        }
+    action["timeout"] = route.timeout
+    retries = retry_policy(route.retries or {"attempts": 0})
+    if retries:
+        action["retry_policy"] = retries
+    if route.mirror is not None:
+        version, percent = route.mirror
         if not 0.0 <= percent <= 100.0 or math.isnan(percent):
-            raise RoutingError(f"{where} mirrorPercentage must be within 0-100, got {percent}")
+            raise RoutingError(f"{route.where} mirror percent must be within 0-100, got {percent}")
         action["request_mirror_policies"] = [
             {
-                "cluster": _cluster_of(f"{where}.mirror", http["mirror"], hosts),
+                "cluster": cluster_name(host, version),
                 "runtime_fraction": {
                     "default_value": {
                         "numerator": round(percent * 10_000),
@@ -303,6 +444,31 @@ def _route_action(where: str, http: Mapping[str, Any], hosts: Sequence[str]) -> 
             }
         ]
     return action
+
+
+def envoy_routes(table: RouteTable, *, name: str = ROUTE_CONFIG_NAME) -> dict[str, Any]:
+    """Return the Envoy RouteConfiguration for the internal model.
+
+    A route with several match blocks becomes several Envoy routes (they are ORed).
+
+    Example:
+        >>> table = RouteTable("churn", (Route("mlshift", (Match(),), (("v1", 100),)),))
+        >>> envoy_routes(table)["virtual_hosts"][0]["routes"][0]["route"]["cluster"]
+        'churn_v1'
+    """
+    routes: list[dict[str, Any]] = []
+    for route in table.routes:
+        action = _envoy_action(route, table.host)
+        for match in route.matches or (Match(),):
+            entry: dict[str, Any] = {"match": _envoy_match(match), "route": action}
+            if route.name:
+                entry["name"] = route.name
+            routes.append(entry)
+    return {
+        "@type": ROUTE_TYPE,
+        "name": name,
+        "virtual_hosts": [{"name": table.host, "domains": ["*"], "routes": routes}],
+    }
 
 
 def route_configuration(
@@ -323,36 +489,7 @@ def route_configuration(
         >>> route_configuration(vs)["virtual_hosts"][0]["routes"][0]["route"]["cluster"]
         'churn_v1'
     """
-    spec = virtual_service.get("spec") or {}
-    hosts = [str(h) for h in spec.get("hosts") or ()]
-    if not hosts:
-        raise RoutingError(
-            f"VirtualService {_short_name(virtual_service)!r} has no hosts; it needs its "
-            "endpoint's name as the first host"
-        )
-    routes: list[dict[str, Any]] = []
-    for i, http in enumerate(spec.get("http") or ()):
-        where = f"VirtualService http[{i}] ({http.get('name') or 'unnamed'})"
-        unknown = sorted(set(http) - _ROUTE_KEYS)
-        if unknown:
-            raise RoutingError(
-                f"{where} uses {', '.join(unknown)}, which the local router does not support; "
-                "remove it or use a cluster target"
-            )
-        action = _route_action(where, http, hosts)
-        for j, block in enumerate(http.get("match") or [{}]):
-            route: dict[str, Any] = {
-                "match": _route_match(f"{where}.match[{j}]", block),
-                "route": action,
-            }
-            if http.get("name"):
-                route["name"] = str(http["name"])
-            routes.append(route)
-    return {
-        "@type": ROUTE_TYPE,
-        "name": name,
-        "virtual_hosts": [{"name": hosts[0], "domains": ["*"], "routes": routes}],
-    }
+    return envoy_routes(read_virtual_service(virtual_service), name=name)
 
 
 def subsets_of(virtual_service: Mapping[str, Any]) -> set[str]:
