@@ -2,7 +2,8 @@
 
 The same tests run on both routings against a real Envoy and real model_server processes:
 the observed split at 90/10 (within 3 points over 2,000 requests), a header rule (exact),
-a mirror observed at its percent (within 4 points over 2,000), version-pinned paths, and removing a version.
+a mirror observed at its percent (within 4 points over 2,000), version-pinned paths, and
+removing a version.
 """
 
 from __future__ import annotations
