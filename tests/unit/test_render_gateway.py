@@ -21,7 +21,7 @@ from mlshift._render_gateway import (
     render_waypoint,
 )
 from mlshift._state import EndpointState, HeaderRoute, Mirror, TrafficState, VersionSpec
-from tests.fixtures.gateway_api import EVALUATED, UNEVALUATED, validate_http_route
+from tests.fixtures.gateway_api import EVALUATED, UNEVALUATED, all_rules, validate_http_route
 
 
 def _state(routing: str = "gateway-api", **kwargs: Any) -> EndpointState:
@@ -181,3 +181,54 @@ def test_routing_survives_the_json_round_trip() -> None:
     assert EndpointState.from_json({"name": "churn"}).routing == "istio"
     with pytest.raises(ValueError, match="routing must be one of"):
         EndpointState("churn", routing="linkerd")  # type: ignore[arg-type]
+
+
+def _every_rule_route() -> dict[str, Any]:
+    """An HTTPRoute that reaches every CEL rule of the CRD (filters mlshift never writes too)."""
+    svc = {"name": "b", "port": 80}
+    header = [{"name": "a", "value": "b"}]
+    mirror = {"backendRef": svc, "fraction": {"numerator": 1, "denominator": 2}}
+    prefix = {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}
+    full = {"type": "ReplaceFullPath", "replaceFullPath": "/x"}
+    filters = [
+        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": header}},
+        {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": header}},
+        {"type": "URLRewrite", "urlRewrite": {"path": prefix}},
+        {"type": "RequestMirror", "requestMirror": mirror},
+        {"type": "ExtensionRef", "extensionRef": {"group": "a", "kind": "B", "name": "c"}},
+    ]
+    redirect = [{"type": "RequestRedirect", "requestRedirect": {"path": full}}]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "x"},
+        "spec": {
+            "parentRefs": [
+                {"name": "gw", "namespace": "ns", "sectionName": "http"},
+                {"group": "", "kind": "Service", "name": "s", "port": 80},
+            ],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/a"}}],
+                    "filters": filters,
+                    "backendRefs": [{**svc, "filters": filters}],
+                    "timeouts": {"request": "10s", "backendRequest": "5s"},
+                },
+                {"matches": [{"path": {"type": "Exact", "value": "/r"}}], "filters": redirect},
+                {"backendRefs": [{**svc, "filters": redirect}]},
+            ],
+        },
+    }
+
+
+def test_the_cel_library_evaluates_every_rule_of_the_crd() -> None:
+    route = _every_rule_route()
+    assert validate_http_route(route) == []
+    assert len(EVALUATED) == len(all_rules()) == 77
+    assert UNEVALUATED == {}
+    slow = copy.deepcopy(route)
+    slow["spec"]["rules"][0]["timeouts"] = {"request": "5s", "backendRequest": "10s"}
+    assert any("backendRequest" in p for p in validate_http_route(slow))
+    both = copy.deepcopy(route)
+    both["spec"]["rules"][1]["filters"].append(route["spec"]["rules"][0]["filters"][2])
+    assert validate_http_route(both)
