@@ -271,3 +271,40 @@ def test_rbac_for_the_gateway_api_grants_exactly_the_verbs_its_flows_use(
     }
     assert kube_emulator.run(used) == granted
     assert not any(r in {"virtualservices", "destinationrules"} for _, r, _ in granted)
+
+
+def test_facade_on_an_ambient_namespace_routes_by_http_route_with_rollback(
+    kube_emulator: KubeEmulator,
+) -> None:
+    """``routing="auto"`` end to end through the facade, images aside (as in test_kube_engine)."""
+    import dataclasses
+
+    from mlshift import Endpoint
+    from mlshift._bundle import BundleInfo
+
+    class Prebuilt(Kubernetes):
+        def prepare_version(
+            self, bundle: BundleInfo, endpoint: str, version: str, *, dry_run: bool = False
+        ) -> VersionSpec:
+            return dataclasses.replace(_spec(version), model_sha256=bundle.sha256)
+
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+
+    labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "waypoint"}
+    _namespace(kube_emulator, labels)
+    options = {"kubeconfig": str(kube_emulator.kubeconfig), "registry": "registry.test/ml"}
+    options |= {"progress": False, "poll_interval": 0.02, "rollout_timeout": 10}
+    X, y = [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.9, 0.1]], [0, 1, 0, 1]
+    ep = Endpoint("churn", Prebuilt(**options))
+    ep.deploy(LogisticRegression().fit(X, y), "v1")
+    ep.deploy(LogisticRegression(C=0.5).fit(X, y), "v2")
+    ep.shift({"v1": 90, "v2": 10})
+    ep.promote("v2")
+    assert _weights(_live(kube_emulator)) == {"churn-v1": 0, "churn-v2": 100}
+    assert kube_emulator.obj("networking.istio.io/v1/virtualservices", "churn") is None
+    assert "via gateway-api" in repr(ep)
+    second = Endpoint("churn", Prebuilt(**options))
+    second.rollback()
+    assert _weights(_live(kube_emulator)) == {"churn-v1": 90, "churn-v2": 10}
+    assert second.status().attrs["routing"] == "gateway-api"
