@@ -176,6 +176,7 @@ class Kubernetes:
         self.routing = routing
         self.ambient = ambient
         self._detections: dict[str, Detection] = {}
+        self._warned: set[str] = set()
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 
@@ -225,11 +226,19 @@ class Kubernetes:
         mode with no waypoint a warning says how to add one (``mlshift.waypoint``).
 
         Example:
-            >>> mlshift.Kubernetes(routing="gateway-api").detect_routing("churn").routing
+            >>> Kubernetes(routing="gateway-api").detect_routing("churn").routing
             'gateway-api'
         """
         if self.routing != "auto":
             return Detection(self.routing, "chosen with routing=", bool(self.ambient))  # type: ignore[arg-type]
+        found = self._detect(endpoint)
+        if found.warning and endpoint not in self._warned:
+            self._warned.add(endpoint)
+            log.warning("%s: %s", endpoint, found.warning)
+        return found
+
+    def _detect(self, endpoint: str) -> Detection:
+        """Ask the cluster once per endpoint (see ``mlshift.kube._gateway.detect``)."""
         if endpoint not in self._detections:
             try:
                 found = detect(self.api, self.namespace(), endpoint)
@@ -237,9 +246,7 @@ class Kubernetes:
                 found = Detection("istio", f"no cluster to ask ({type(exc).__name__})")
             if self.ambient is not None:
                 found = dataclasses.replace(found, ambient=self.ambient)
-            if found.warning:
-                log.warning("%s: %s", endpoint, found.warning)
-            log.info("%s is routed by %s: %s", endpoint, found.routing, found.reason)
+            log.info("%s would be routed by %s: %s", endpoint, found.routing, found.reason)
             self._detections[endpoint] = found
         return self._detections[endpoint]
 
@@ -248,9 +255,10 @@ class Kubernetes:
         return self.detect_routing(endpoint).routing
 
     def _ambient(self, endpoint: str) -> bool:
+        """Whether metrics come from a waypoint: ``ambient=``, else the namespace's label."""
         if self.ambient is not None:
             return self.ambient
-        return self.detect_routing(endpoint).ambient
+        return self._detect(endpoint).ambient
 
     def engine(self, endpoint: str) -> KubernetesEngine:
         """Return the engine for ``endpoint``; nothing is contacted until it is used."""

@@ -308,3 +308,11 @@ def test_facade_on_an_ambient_namespace_routes_by_http_route_with_rollback(
     second.rollback()
     assert _weights(_live(kube_emulator)) == {"churn-v1": 90, "churn-v2": 10}
     assert second.status().attrs["routing"] == "gateway-api"
+
+
+def test_metrics_read_the_waypoint_in_an_ambient_namespace(kube_emulator: KubeEmulator) -> None:
+    _namespace(kube_emulator, {"istio.io/dataplane-mode": "ambient"})
+    ambient = _target(kube_emulator, routing="gateway-api").engine("churn").settings.ambient
+    assert ambient is not None and ambient()
+    sidecars = _target(kube_emulator, routing="gateway-api", ambient=False).engine("churn")
+    assert sidecars.settings.ambient is not None and not sidecars.settings.ambient()
