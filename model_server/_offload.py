@@ -15,6 +15,9 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -73,9 +76,25 @@ class Offloader:
             # spawn, not fork: the server runs threads (the model's), which fork would copy
             # in whatever state they are in.
             context = multiprocessing.get_context("spawn")
-            self._process = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._process = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._process
 
     @staticmethod
     async def _run(executor: Executor, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the helper: exit as soon as the server is gone (killed, it cannot say so)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="mlshift-parent-watch", daemon=True).start()

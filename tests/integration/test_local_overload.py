@@ -4,7 +4,8 @@ Covers (issue 12, section 3): four clients sending 7.9 MB valid bodies (under th
 over and over, beside about 100 single-row requests per second, through the endpoint's Envoy.
 Decoding a body that size takes the server's event loop for a long time unless it is done off
 the loop, and a health check that times out under that load once took the only version out of
-routing (503 for a third of the small requests). Every small request must get a 2xx.
+routing (503 for a third of the small requests). Every small request must get a 2xx, and the
+helper process that decodes large bodies exits with its server, even a killed one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 import pytest
 
 from tests.fixtures.local import Mesh
@@ -99,3 +101,11 @@ def test_four_heavy_clients_do_not_take_the_version_out_of_routing(
     assert sum(small_codes.values()) == 600
     assert sum(big_codes.values()) >= 4, big_codes  # the heavy load was there throughout
     assert not failed, f"{sum(failed.values())} of 600 small requests failed: {small_codes}"
+
+    # The server's decoding helper never outlives it, even when the server is killed.
+    server = psutil.Process(mesh.engine.pids()["v1"])
+    helpers = server.children()
+    assert helpers, "the heavy bodies were decoded in the server's own process"
+    server.kill()
+    _, alive = psutil.wait_procs(helpers, timeout=15)
+    assert not alive, f"decoding helpers outlived their server: {alive}"
