@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("model", metavar="MODEL", help=MODEL_HELP)
             cmd.add_argument("--sample", metavar="FILE", default=None, help=SAMPLE_HELP)
             cmd.add_argument("--replicas", type=int, default=1)
+            cmd.add_argument(
+                "--trust-pickle",
+                action="store_true",
+                help="the model is a class of your own, stored with cloudpickle (which runs"
+                " its code when loaded): say you trust it",
+            )
         if name == "shift":
             cmd.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         if name in ("promote", "remove"):
@@ -227,7 +233,13 @@ def _run(ep: Endpoint, args: argparse.Namespace) -> str:
     if command == "deploy":
         model = _load_model(Path(args.model))
         sample = _load_sample(Path(args.sample)) if args.sample else None
-        ep.deploy(model, args.version, sample=sample, replicas=args.replicas)
+        ep.deploy(
+            model,
+            args.version,
+            sample=sample,
+            replicas=args.replicas,
+            trust_pickle=args.trust_pickle,
+        )
         return f"deployed {args.version} of {ep.name} at {ep.url}\n" + _status(ep)
     if command == "render":
         return str(ep.render())

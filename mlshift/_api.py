@@ -62,15 +62,28 @@ def deploy(
     *,
     sample: Any = ...,
     replicas: int = ...,
+    trust_pickle: bool = ...,
     dry_run: Literal[False] = ...,
 ) -> Version: ...
 @overload
 def deploy(
-    model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: Literal[True]
+    model: Any,
+    version: str,
+    *,
+    sample: Any = ...,
+    replicas: int = ...,
+    trust_pickle: bool = ...,
+    dry_run: Literal[True],
 ) -> Plan: ...
 @overload
 def deploy(
-    model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: bool
+    model: Any,
+    version: str,
+    *,
+    sample: Any = ...,
+    replicas: int = ...,
+    trust_pickle: bool = ...,
+    dry_run: bool,
 ) -> Version | Plan: ...
 def deploy(
     model: Any,
@@ -78,6 +91,7 @@ def deploy(
     *,
     sample: Any = None,
     replicas: int = 1,
+    trust_pickle: bool = False,
     dry_run: bool = False,
 ) -> Version | Plan:
     """Deploy ``model`` as ``version`` on the current endpoint (see ``Endpoint.deploy``).
@@ -85,5 +99,13 @@ def deploy(
     Example:
         >>> mlshift.endpoint("churn")  # doctest: +SKIP
         >>> mlshift.deploy(model_v2, "v2")  # doctest: +SKIP
+        >>> mlshift.deploy(my_own_model, "v3", trust_pickle=True)  # doctest: +SKIP
     """
-    return current().deploy(model, version, sample=sample, replicas=replicas, dry_run=dry_run)
+    return current().deploy(
+        model,
+        version,
+        sample=sample,
+        replicas=replicas,
+        trust_pickle=trust_pickle,
+        dry_run=dry_run,
+    )

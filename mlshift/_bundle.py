@@ -2,10 +2,14 @@
 
 A bundle is the model file plus ``mlshift.json`` (format described in ``model_server._bundle``,
 whose constants and digest check this module reuses; model_server never imports mlshift). The
-writer picks the flavor, prefers skops (a format that does not execute code on load) and falls
-back to cloudpickle, detects the exact library versions the model's objects come from, infers
-the input schema (from a sample, else from the fitted model: ``mlshift._schema``) and records
-what the model outputs, with the datatypes responses will carry.
+writer picks the flavor, prefers skops (a format that does not execute code on load) when every
+type the model holds comes from a known estimator library (the allowlist model_server applies,
+``model_server._trust``), and falls back to cloudpickle only when the caller says
+``trust_pickle=True``; it records that decision, signs the manifest when a signing key is set
+(``MLSHIFT_SIGNING_KEY`` or ``MLSHIFT_SIGNING_KEY_FILE``), detects the exact library versions
+the model's objects come from, infers the input schema (from a sample, else from the fitted
+model: ``mlshift._schema``) and records what the model outputs, with the datatypes responses
+will carry.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ from model_server._bundle import (
 )
 from model_server._errors import BundleReadError, DigestMismatch
 from model_server._outputs import derive_outputs, v2_datatype
+from model_server._trust import (
+    SIGNATURE_FIELD,
+    check_signature,
+    disallowed_types,
+    pinned_requirements,
+    sign_manifest,
+    signing_key,
+)
 
 __all__ = ["BundleInfo", "as_bundle", "bundle", "infer_schema", "read_bundle", "write_bundle"]
 
@@ -230,20 +242,39 @@ def _stable_zip(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def _serialize(model: Any, flavor: str, workdir: Path) -> tuple[str, str, list[str]]:
+def _pickle_refusal(model: Any, why: str) -> BundleError:
+    cls = type(model)
+    return BundleError(
+        f"{cls.__module__}.{cls.__qualname__} can only be bundled with cloudpickle ({why}),"
+        " and loading a pickle runs whatever code it holds, so model_server refuses it unless"
+        " told to trust it. If you wrote or trust this model's code, say so:"
+        " ep.deploy(model, 'v2', trust_pickle=True) (or mlshift.bundle(model, 'v2',"
+        " trust_pickle=True); mlshift deploy ... --trust-pickle on the command line)"
+    )
+
+
+def _serialize(
+    model: Any, flavor: str, workdir: Path, *, trust_pickle: bool
+) -> tuple[str, str, list[str]]:
+    why = "it is not a scikit-learn, XGBoost or LightGBM model"
     if flavor != "pyfunc":
         try:
             import skops.io
 
             data = _stable_zip(skops.io.dumps(model))
-            trusted = [str(t) for t in skops.io.get_untrusted_types(data=data)]
-            skops.io.loads(data, trusted=trusted)  # prove it reads back before choosing it
-            (workdir / "model.skops").write_bytes(data)
-            return "model.skops", "skops", trusted
+            found = [str(t) for t in skops.io.get_untrusted_types(data=data)]
+            outside = disallowed_types(found)
+            if not outside:
+                skops.io.loads(data, trusted=found)  # prove it reads back before choosing it
+                (workdir / "model.skops").write_bytes(data)
+                # Older readers trusted this list; model_server now decides from its allowlist.
+                return "model.skops", "skops", found
+            why = f"it holds {', '.join(outside)}, outside the types model_server trusts"
         except Exception as exc:
-            log.info(
-                "skops cannot store this %s (%s); using cloudpickle", type(model).__name__, exc
-            )
+            why = f"skops cannot store it: {type(exc).__name__}: {exc}"
+        log.info("not storing this %s with skops: %s", type(model).__name__, why)
+    if not trust_pickle:
+        raise _pickle_refusal(model, why)
     import cloudpickle
 
     local = _local_modules(model)
@@ -263,7 +294,18 @@ def _serialize(model: Any, flavor: str, workdir: Path) -> tuple[str, str, list[s
     return "model.pkl", "cloudpickle", []
 
 
+def _signing_key() -> bytes | None:
+    try:
+        return signing_key()
+    except BundleReadError as exc:
+        raise BundleError(str(exc)) from exc
+
+
 def _info(path: Path, manifest: dict[str, Any]) -> BundleInfo:
+    try:  # the names go to pip when an image is built: plain name==version only
+        pinned_requirements(manifest.get("requirements") or {})
+    except BundleReadError as exc:
+        raise BundleError(str(exc)) from exc
     return BundleInfo(
         path=path,
         sha256=str(manifest["sha256"]),
@@ -295,6 +337,7 @@ def write_bundle(
     sample: Any = None,
     dest: str | os.PathLike[str] | None = None,
     name: str | None = None,
+    trust_pickle: bool = False,
 ) -> BundleInfo:
     """Write ``model`` as a bundle directory and return what was written.
 
@@ -308,10 +351,13 @@ def write_bundle(
         dest: Bundle directory; default ``.mlshift/bundles/<name>-<version>``. An existing
             bundle there is replaced.
         name: Model name recorded in the manifest (the server's URL name).
+        trust_pickle: Allow cloudpickle for a model skops cannot store safely (a class of
+            your own): loading it runs its code, so this records that you trust it.
 
     Raises:
         InvalidNameError: ``version`` or ``name`` is not a DNS-1123 label.
-        BundleError: The model cannot be serialized or does not accept its sample.
+        BundleError: The model cannot be serialized, does not accept its sample, or needs
+            cloudpickle and ``trust_pickle`` is false.
 
     Example:
         >>> info = write_bundle(model, "v1", sample=X_test[:5])  # doctest: +SKIP
@@ -322,6 +368,9 @@ def write_bundle(
     if name is not None:
         check_name(name, kind="model name")
     flavor = _flavor(model)
+    if flavor == "pyfunc" and not trust_pickle:  # before any work: it can only be pickled
+        raise _pickle_refusal(model, "it is not a scikit-learn, XGBoost or LightGBM model")
+    key = _signing_key()
     target = Path(dest) if dest is not None else DEFAULT_ROOT / f"{name or 'model'}-{version}"
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +379,7 @@ def write_bundle(
     requirements = detect_requirements(model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        file_name, serializer, trusted = _serialize(model, flavor, tmp)
+        file_name, serializer, trusted = _serialize(model, flavor, tmp, trust_pickle=trust_pickle)
         manifest: dict[str, Any] = {
             "format_version": _format_version(schema),
             "name": name,
@@ -347,6 +396,10 @@ def write_bundle(
         }
         if trusted:
             manifest["trusted_types"] = trusted
+        if serializer == "cloudpickle":
+            manifest["trust_pickle"] = True  # the caller's decision, on record
+        if key is not None:
+            manifest[SIGNATURE_FIELD] = sign_manifest(manifest, key)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -357,24 +410,34 @@ def write_bundle(
 
 
 def bundle(
-    model: Any, version: str, *, sample: Any = None, path: str | os.PathLike[str] | None = None
+    model: Any,
+    version: str,
+    *,
+    sample: Any = None,
+    path: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
 ) -> BundleInfo:
     """Bundle a trained model for serving: the model file plus ``mlshift.json``.
+
+    A model of your own class needs ``trust_pickle=True`` (see ``write_bundle``).
 
     Example:
         >>> info = mlshift.bundle(model, "v2", sample=X_test[:5])  # doctest: +SKIP
         >>> info.manifest["input_schema"]["kind"]  # doctest: +SKIP
         'dataframe'
     """
-    return write_bundle(model, version, sample=sample, dest=path)
+    return write_bundle(model, version, sample=sample, dest=path, trust_pickle=trust_pickle)
 
 
 def read_bundle(path: str | os.PathLike[str]) -> BundleInfo:
     """Read a bundle directory and verify its digest (without deserializing the model).
 
+    With a signing key set (``MLSHIFT_SIGNING_KEY`` or ``MLSHIFT_SIGNING_KEY_FILE``) the
+    signature is checked too, as model_server will.
+
     Raises:
         DigestMismatchError: The model file was changed after bundling.
-        BundleError: The directory is not a readable bundle.
+        BundleError: The directory is not a readable bundle, or not signed with the key.
 
     Example:
         >>> read_bundle(".mlshift/bundles/churn-v1").flavor  # doctest: +SKIP
@@ -383,6 +446,7 @@ def read_bundle(path: str | os.PathLike[str]) -> BundleInfo:
     bundle_dir = Path(path).absolute()
     try:
         manifest = read_manifest(bundle_dir)
+        check_signature(manifest, signing_key(), bundle_dir)
         verify_digest(bundle_dir, manifest)
     except DigestMismatch as exc:
         raise DigestMismatchError(str(exc)) from exc
@@ -397,10 +461,12 @@ def as_bundle(
     *,
     sample: Any = None,
     dest: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
 ) -> BundleInfo:
     """Return a verified bundle for a model, an existing bundle directory, or a ``BundleInfo``.
 
-    Existing bundles are read and verified, never re-written.
+    Existing bundles are read and verified, never re-written; ``trust_pickle`` applies to a
+    model that is bundled here (see ``write_bundle``).
 
     Example:
         >>> as_bundle(".mlshift/bundles/churn-v1", "v1").sha256  # doctest: +SKIP
@@ -417,7 +483,9 @@ def as_bundle(
             )
         info = read_bundle(candidate)
     else:
-        return write_bundle(model_or_path, version, sample=sample, dest=dest)
+        return write_bundle(
+            model_or_path, version, sample=sample, dest=dest, trust_pickle=trust_pickle
+        )
     if info.version != version:
         log.info(
             "bundle %s was made as %r and is used as version %r", info.path, info.version, version

@@ -45,6 +45,15 @@ class BundleInfo:
         return str(self.manifest.get("version", ""))
 
     @property
+    def trusts_pickle(self) -> bool:
+        """A pickle whose writer said ``trust_pickle=True`` (recorded in the manifest).
+
+        A record in a bundle you did not write yourself is only as trustworthy as its source;
+        with a signing key set, only a bundle signed with it is read at all.
+        """
+        return self.serializer == "cloudpickle" and self.manifest.get("trust_pickle") is True
+
+    @property
     def name(self) -> str:
         """The model name recorded in the manifest, or ``"model"``."""
         return str(self.manifest.get("name") or "model")

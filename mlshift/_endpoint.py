@@ -68,6 +68,7 @@ class Endpoint(TrafficVerbs):
         *,
         sample: Any = ...,
         replicas: int = ...,
+        trust_pickle: bool = ...,
         dry_run: Literal[False] = ...,
     ) -> Version: ...
     @overload
@@ -78,11 +79,19 @@ class Endpoint(TrafficVerbs):
         *,
         sample: Any = ...,
         replicas: int = ...,
+        trust_pickle: bool = ...,
         dry_run: Literal[True],
     ) -> Plan: ...
     @overload
     def deploy(
-        self, model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: bool
+        self,
+        model: Any,
+        version: str,
+        *,
+        sample: Any = ...,
+        replicas: int = ...,
+        trust_pickle: bool = ...,
+        dry_run: bool,
     ) -> Version | Plan: ...
     @retry_on_conflict
     def deploy(
@@ -92,6 +101,7 @@ class Endpoint(TrafficVerbs):
         *,
         sample: Any = None,
         replicas: int = 1,
+        trust_pickle: bool = False,
         dry_run: bool = False,
     ) -> Version | Plan:
         """Deploy ``model`` as a new version: the first takes 100 %, later ones 0 %.
@@ -101,8 +111,14 @@ class Endpoint(TrafficVerbs):
         before any route may send it traffic. With ``dry_run=True`` nothing is built or
         touched and the ``Plan`` is returned.
 
+        A model of your own class can only be stored with cloudpickle, and loading a pickle
+        runs its code: ``trust_pickle=True`` says you trust it (without it such a model is
+        refused before anything is written). It is recorded in the bundle, and only then is
+        the version's model_server started with ``--trust-pickle``.
+
         Example:
             >>> v1 = ep.deploy(model, "v1", sample=X_test[:5])  # doctest: +SKIP
+            >>> v2 = ep.deploy(my_model, "v2", trust_pickle=True)  # doctest: +SKIP
         """
         from mlshift._bundle import as_bundle
 
@@ -112,7 +128,7 @@ class Endpoint(TrafficVerbs):
         seen = self._base(dry_run=dry_run)
         old = seen.state
         with tempfile.TemporaryDirectory(prefix="mlshift-bundle-") as tmp:
-            bundle = as_bundle(model, version, sample=sample, dest=tmp)
+            bundle = as_bundle(model, version, sample=sample, dest=tmp, trust_pickle=trust_pickle)
             existing = old.version(version) if old else None
             # A version with no model on record (its Deployment was deleted by hand) is
             # simply deployed again; one not yet routed (a write was interrupted) is routed.
@@ -130,7 +146,8 @@ class Endpoint(TrafficVerbs):
                     self._restart_if_down(bundle, version, old)
                     return self.versions[version]
             spec = self.target.prepare_version(bundle, self.name, version, dry_run=dry_run)
-        spec = dataclasses.replace(spec, replicas=replicas)
+        trusted = spec.trust_pickle or (trust_pickle and bundle.serializer == "cloudpickle")
+        spec = dataclasses.replace(spec, replicas=replicas, trust_pickle=trusted)
         base = old or EndpointState(
             self.name,
             namespace=self.target.namespace(),

@@ -133,6 +133,7 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
             {"name": "MLSHIFT_MODEL_NAME", "value": state.name},
             {"name": "MLSHIFT_MODEL_VERSION", "value": spec.name},
             {"name": "MLSHIFT_GRACE_PERIOD_S", "value": str(GRACE_PERIOD_S)},
+            *([{"name": "MLSHIFT_TRUST_PICKLE", "value": "1"}] if spec.trust_pickle else []),
         ],
         "readinessProbe": {**probe, "failureThreshold": 1},
         "livenessProbe": {

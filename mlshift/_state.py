@@ -59,6 +59,8 @@ class VersionSpec:
     """Bundle directory (local target)."""
     replicas: int = 1
     resources: Resources = field(default_factory=Resources)
+    trust_pickle: bool = False
+    """The model is a pickle its deployer trusts: model_server runs with ``--trust-pickle``."""
 
     def __post_init__(self) -> None:
         check_name(self.name, kind="version")

@@ -26,7 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = parse_settings(argv)
     try:
-        loaded = load_bundle(settings.model_dir)
+        loaded = load_bundle(
+            settings.model_dir,
+            trust_pickle=settings.trust_pickle,
+            trust_types=settings.trust_types,
+            signing_key=settings.signing_key,
+        )
     except BundleReadError as exc:
         logging.getLogger("mlshift.model_server").error("cannot serve: %s", exc)
         return 2

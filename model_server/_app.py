@@ -6,6 +6,11 @@ carries ``x-mlshift-version``; every error is JSON ``{"error": ..., "field": ...
 status the Open Inference Protocol asks for: 400 for a request the model cannot take, 404 for an
 unknown model or path, 405 (with ``Allow``) for a wrong method, 413 for a body over the limit,
 503 from readiness routes while not ready, and 500 only when the model itself raised.
+
+A large body is decoded in a helper process and its answer encoded in a thread
+(``model_server._offload``): on the event loop, decoding a few megabytes would hold up every
+other request, the health checks included, and one heavy client could get a healthy version
+taken out of routing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from model_server._batcher import Batcher, ModelCallError
 from model_server._bundle import LoadedBundle
 from model_server._errors import InvalidInput
 from model_server._metrics import CONTENT_TYPE, ServerMetrics
+from model_server._offload import Offloader
 from model_server._oip import EXTENSIONS, decode_v2, encode_v2
 from model_server._outputs import describe_outputs, v2_datatype
 from model_server._protocol import (
@@ -100,6 +106,7 @@ class ModelApp:
         self._v1_prefix = f"/v1/models/{self.name}"
         self._v2_prefix = f"/v2/models/{self.name}"
         self._versions = f"/versions/{self.version}"
+        self._offload = Offloader()
 
     # ------------------------------------------------------------------ model side
 
@@ -140,6 +147,7 @@ class ModelApp:
             elif message["type"] == "lifespan.shutdown":
                 self.ready = False
                 await self.batcher.stop()
+                self._offload.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -308,6 +316,7 @@ class ModelApp:
 
     async def _infer(self, v2: bool, scope: Scope, receive: Receive) -> Reply:
         body = await self._read_body(scope, receive)
+        size = len(body)
         if v2:
             header_length = None
             for key, value in scope["headers"]:
@@ -318,11 +327,11 @@ class ModelApp:
                             field="Inference-Header-Content-Length",
                         )
                     header_length = int(value)
-            decoded, request = decode_v2(
-                body, self.schema, self.method, header_length=header_length
+            decoded, request = await self._offload.decode(
+                size, decode_v2, body, self.schema, self.method, header_length=header_length
             )
         else:
-            decoded = decode_v1(body, self.schema, self.method)
+            decoded = await self._offload.decode(size, decode_v1, body, self.schema, self.method)
         for method in decoded.methods:
             if method not in self.outputs:
                 raise InvalidInput(
@@ -336,8 +345,13 @@ class ModelApp:
         if not v2:
             method = decoded.methods[0]
             classes = self.classes if method == "predict_proba" else None
-            return Reply(200, encode_v1(outputs[method], self.name, self.version, classes))
-        body, header_length = encode_v2(outputs, self.name, self.version, request, self.outputs)
+            answer = await self._offload.encode(
+                size, encode_v1, outputs[method], self.name, self.version, classes
+            )
+            return Reply(200, answer)
+        body, header_length = await self._offload.encode(
+            size, encode_v2, outputs, self.name, self.version, request, self.outputs
+        )
         if header_length is None:
             return Reply(200, body)
         length = (b"inference-header-content-length", str(header_length).encode())

@@ -7,7 +7,9 @@ so the loop keeps accepting and parsing, and hands each caller exactly its own r
 output back. Requests asking for different methods never share a call. While one call runs the
 next batch forms, which is what makes batching adaptive: an idle server answers a lone request
 at once, a busy one amortises the model's per-call cost over every request that arrived
-meanwhile.
+meanwhile. When a call fails, the callers whose rows broke it are found by bisection, and a
+group whose halves both fail is answered with the error at once (a broken model is not called
+once per caller exactly when it is unhealthy).
 """
 
 from __future__ import annotations
@@ -146,22 +148,20 @@ class Batcher:
             await self._call(batch, loop)
 
     async def _call(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        error = await self._attempt(batch, loop)
+        if error is not None:
+            await self._isolate(batch, error, loop)
+
+    async def _attempt(
+        self, batch: list[_Item], loop: asyncio.AbstractEventLoop
+    ) -> Exception | None:
+        """Run one call; on success answer every caller, on failure return what was raised."""
         decoded = [item.decoded for item in batch]
         try:
             outputs = await loop.run_in_executor(self._pool, self._predict, decoded)
             parts = split_predictions(outputs, decoded)
         except Exception as exc:
-            if len(batch) > 1:
-                # One caller's rows may be what broke the model: retry each alone, so only
-                # that caller gets the 500.
-                for item in batch:
-                    await self._call([item], loop)
-                return
-            log.exception("model call failed on %d rows", decoded[0].rows)
-            message = f"the model raised {type(exc).__name__}: {exc}"
-            if not batch[0].future.done():
-                batch[0].future.set_exception(ModelCallError(message))
-            return
+            return exc
         if self._observe is not None:
             try:
                 self._observe(sum(d.rows for d in decoded), outputs)
@@ -170,3 +170,40 @@ class Batcher:
         for item, part in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(part)
+        return None
+
+    async def _isolate(
+        self, batch: list[_Item], error: Exception, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Find the callers whose rows broke a failed call, by bisection.
+
+        Each half is tried; a half that succeeds is answered, one that fails is split again,
+        so one bad caller among 64 costs 12 more calls, not 64. When both halves fail the
+        failure is not down to one caller's rows (a model failing on every input, or several
+        bad callers): the whole group is known bad and every caller in it gets the error,
+        so a broken model costs 3 calls per batch instead of one per caller.
+        """
+        if len(batch) == 1:
+            self._fail(batch, error)
+            return
+        half = len(batch) // 2
+        left, right = batch[:half], batch[half:]
+        left_error = await self._attempt(left, loop)
+        right_error = await self._attempt(right, loop)
+        if left_error is not None and right_error is not None:
+            self._fail(left, left_error)
+            self._fail(right, right_error)
+            return
+        if left_error is not None:
+            await self._isolate(left, left_error, loop)
+        if right_error is not None:
+            await self._isolate(right, right_error, loop)
+
+    @staticmethod
+    def _fail(batch: list[_Item], error: Exception) -> None:
+        rows = sum(item.decoded.rows for item in batch)
+        log.error("model call failed on %d rows of %d requests", rows, len(batch), exc_info=error)
+        message = f"the model raised {type(error).__name__}: {error}"
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(ModelCallError(message))

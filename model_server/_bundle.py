@@ -4,7 +4,9 @@ A bundle is a directory with the model file and ``mlshift.json``. This module ow
 constants (shared with the writer in ``mlshift._bundle``, which imports them from here, never the
 reverse), verifies the model file's sha256 *before* deserializing anything, warns by name when the
 bundle was made with a newer library than the one installed, and deserializes with the recorded
-serializer (skops with only the types recorded at bundle time trusted, or cloudpickle).
+serializer. What it may execute is decided here, not by the manifest (``model_server._trust``):
+skops with the allowlisted types only, cloudpickle only when told to trust pickles, and with a
+signing key only a bundle signed with it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from model_server._errors import BundleReadError, DigestMismatch
+from model_server._trust import check_pickle_trusted, check_signature, skops_trusted_types
 
 __all__ = [
     "FLAVORS",
@@ -237,13 +241,14 @@ def check_requirements(manifest: dict[str, Any]) -> list[str]:
     return messages
 
 
-def _deserialize(model_path: Path, manifest: dict[str, Any]) -> Any:
+def _deserialize(model_path: Path, manifest: dict[str, Any], trust_types: Sequence[str]) -> Any:
     serializer = manifest["serializer"]
+    # Decided before the file is opened, and never from the manifest's own trusted_types.
+    trusted = skops_trusted_types(model_path, trust_types) if serializer == "skops" else []
     try:
         if serializer == "skops":
             import skops.io
 
-            trusted = [str(t) for t in manifest.get("trusted_types") or []]
             return skops.io.load(model_path, trusted=trusted)
         import cloudpickle
 
@@ -257,14 +262,29 @@ def _deserialize(model_path: Path, manifest: dict[str, Any]) -> Any:
         ) from exc
 
 
-def load_bundle(bundle_dir: str | os.PathLike[str]) -> LoadedBundle:
+def load_bundle(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    trust_pickle: bool = False,
+    trust_types: Sequence[str] = (),
+    signing_key: bytes | None = None,
+) -> LoadedBundle:
     """Read, verify and deserialize a bundle.
 
-    The sha256 is checked before any byte of the model is deserialized.
+    The signature (with ``signing_key``), the sha256 and what the file may execute are all
+    checked before any byte of the model is deserialized.
+
+    Args:
+        bundle_dir: The bundle directory.
+        trust_pickle: Load a cloudpickle bundle (unpickling runs the code it holds).
+        trust_types: skops types to trust beyond the known estimator libraries.
+        signing_key: When set, only a bundle signed with this HMAC key is loaded.
 
     Raises:
         BundleReadError: The bundle is unreadable or cannot be deserialized.
         DigestMismatch: The model file does not match the recorded sha256.
+        UntrustedBundle: A pickle without ``trust_pickle``, or skops types not allowed.
+        SignatureError: ``signing_key`` is set and the signature is missing or wrong.
 
     Example:
         >>> loaded = load_bundle("bundle")  # doctest: +SKIP
@@ -272,9 +292,12 @@ def load_bundle(bundle_dir: str | os.PathLike[str]) -> LoadedBundle:
     """
     path = Path(bundle_dir)
     manifest = read_manifest(path)
+    check_signature(manifest, signing_key, path)
     model_path = verify_digest(path, manifest)
+    if manifest["serializer"] == "cloudpickle":
+        check_pickle_trusted(model_path, trust_pickle)
     check_requirements(manifest)
-    model = _deserialize(model_path, manifest)
+    model = _deserialize(model_path, manifest, trust_types)
     if not callable(getattr(model, "predict", None)):
         raise BundleReadError(f"the object in {str(model_path)!r} has no predict() method")
     log.info(

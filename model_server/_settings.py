@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from model_server._errors import BundleReadError
+from model_server._trust import signing_key
 
 __all__ = ["Settings", "parse_settings"]
 
@@ -31,6 +34,13 @@ class Settings:
             bodies get 413 before being read in full.
         grace_period_s: After SIGTERM, how long in-flight requests may take before the process
             exits anyway (``MLSHIFT_GRACE_PERIOD_S``); below Kubernetes' 30 s default.
+        trust_pickle: Load a cloudpickle bundle (``--trust-pickle``, ``MLSHIFT_TRUST_PICKLE=1``);
+            off, because unpickling runs whatever code the file holds.
+        trust_types: skops types trusted beyond the known estimator libraries
+            (``--trust-types a.B,c.D``, ``MLSHIFT_TRUST_TYPES``).
+        signing_key: HMAC key bundles must be signed with (``MLSHIFT_SIGNING_KEY``, or the file
+            ``--signing-key-file`` / ``MLSHIFT_SIGNING_KEY_FILE``); ``None``: not checked. Never
+            a flag of its own, so it does not show in the process list.
     """
 
     model_dir: str
@@ -42,6 +52,9 @@ class Settings:
     max_batch_wait_ms: float = 0.0
     max_body_bytes: int = 8 * 1024 * 1024
     grace_period_s: float = 25.0
+    trust_pickle: bool = False
+    trust_types: tuple[str, ...] = ()
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -77,7 +90,29 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-period-s", type=float, default=float(env.get("MLSHIFT_GRACE_PERIOD_S", "25"))
     )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        default=env.get("MLSHIFT_TRUST_PICKLE", "").lower() in ("1", "true", "yes"),
+        help="load a cloudpickle bundle (unpickling runs the code it holds)",
+    )
+    p.add_argument(
+        "--trust-types",
+        action="append",
+        default=[env["MLSHIFT_TRUST_TYPES"]] if env.get("MLSHIFT_TRUST_TYPES") else [],
+        help="skops types to trust beyond scikit-learn, XGBoost, LightGBM, numpy, scipy"
+        " (module.Type, comma-separated or repeated)",
+    )
+    p.add_argument(
+        "--signing-key-file",
+        default=env.get("MLSHIFT_SIGNING_KEY_FILE") or None,
+        help="serve only bundles signed with the HMAC key in this file",
+    )
     return p
+
+
+def _trust_types(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(t.strip() for value in values for t in value.split(",") if t.strip())
 
 
 def parse_settings(
@@ -102,6 +137,13 @@ def parse_settings(
     args = parser.parse_args(argv)
     if not args.model_dir:
         parser.error("no bundle given: pass --model-dir DIR or set MLSHIFT_MODEL_DIR")
+    key_env = {k: v for k, v in environ.items() if k == "MLSHIFT_SIGNING_KEY"}
+    if args.signing_key_file and not key_env:
+        key_env["MLSHIFT_SIGNING_KEY_FILE"] = args.signing_key_file
+    try:
+        key = signing_key(key_env)
+    except BundleReadError as exc:
+        parser.error(str(exc))
     try:
         return Settings(
             model_dir=args.model_dir,
@@ -113,6 +155,9 @@ def parse_settings(
             max_batch_wait_ms=args.max_batch_wait_ms,
             max_body_bytes=args.max_body_bytes,
             grace_period_s=args.grace_period_s,
+            trust_pickle=args.trust_pickle,
+            trust_types=_trust_types(args.trust_types),
+            signing_key=key,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -46,6 +46,7 @@ def build_image(
     builder: str = "auto",
     insecure: bool | None = None,
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> str:
     """Build the serving image for one model version, push it, return ``repo@sha256:…``.
 
@@ -63,6 +64,8 @@ def build_image(
         insecure: ``True`` allows plain HTTP to any registry; by default only loopback
             registries (127.0.0.1, localhost, ::1) are spoken to in plain HTTP.
         progress: show a progress bar while pushing.
+        trust_pickle: a model object of your own class is bundled with cloudpickle, which
+            runs its code when loaded; say ``True`` if you trust it (see ``Endpoint.deploy``).
 
     Returns:
         The digest reference; ``deploy`` uses it, never the mutable tag.
@@ -88,6 +91,7 @@ def build_image(
         builder=builder,
         insecure=insecure,
         progress=progress,
+        trust_pickle=trust_pickle,
     ).reference
 
 
@@ -102,6 +106,7 @@ def build_image_result(
     builder: str = "auto",
     insecure: bool | None = None,
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> BuildResult:
     """Like ``build_image`` but returns a ``BuildResult`` with the tag and push statistics.
 
@@ -132,7 +137,7 @@ def build_image_result(
         if client is None:
             log.info("%s; building without a Docker daemon", why)
     started = time.perf_counter()
-    with open_bundle(model_or_bundle, version) as bundle:
+    with open_bundle(model_or_bundle, version, trust_pickle=trust_pickle) as bundle:
         if client is not None:
             from mlshift.image._builder import LABEL_SERVER
             from mlshift.image._docker import build_with_docker

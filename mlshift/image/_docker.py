@@ -20,7 +20,7 @@ from typing import Any
 from mlshift._exceptions import BuildError
 from mlshift.image._auth import find_credentials
 from mlshift.image._inputs import MODEL_DIR, SERVER_DIR, Bundle, model_server_entries
-from mlshift.image._pip import DEPS_DIR
+from mlshift.image._pip import DEPS_DIR, checked_specs
 from mlshift.image._reference import ImageReference
 
 __all__ = ["build_with_docker", "docker_client"]
@@ -46,7 +46,7 @@ def docker_client() -> tuple[Any, str]:
 def _dockerfile(
     bundle: Bundle, base: str, platform: str, env: dict[str, str], labels: dict[str, str]
 ) -> str:
-    requirements = " ".join(f"{n}=={v}" for n, v in sorted(bundle.requirements.items()))
+    requirements = " ".join(checked_specs(bundle.requirements))
     lines = [f"FROM --platform={platform} {base}", "USER 0"]
     lines.append(f"COPY model_server /{SERVER_DIR}/model_server")
     if requirements:

@@ -20,6 +20,7 @@ from typing import Any
 
 from mlshift._exceptions import BuildError, BundleError
 from mlshift.image._layers import Entry, tree_entries
+from mlshift.image._pip import checked_specs
 
 __all__ = [
     "MODEL_DIR",
@@ -100,12 +101,17 @@ def read_bundle(path: Path) -> Bundle:
             f"bundle {path} names model file {manifest['file']!r}, which is not in the"
             " bundle directory; re-create the bundle"
         )
-    return Bundle(path, manifest, raw)
+    bundle = Bundle(path, manifest, raw)
+    checked_specs(bundle.requirements)  # before anything is built or pushed
+    return bundle
 
 
 @contextmanager
-def open_bundle(model_or_bundle: object, version: str) -> Iterator[Bundle]:
-    """Yield the bundle for a path, a ``BundleInfo`` or a model (bundled into a temp dir)."""
+def open_bundle(
+    model_or_bundle: object, version: str, *, trust_pickle: bool = False
+) -> Iterator[Bundle]:
+    """Yield the bundle for a path, a ``BundleInfo`` or a model (bundled into a temp dir,
+    with cloudpickle only if ``trust_pickle``)."""
     if isinstance(model_or_bundle, str | Path):
         yield read_bundle(Path(model_or_bundle))
         return
@@ -121,7 +127,9 @@ def open_bundle(model_or_bundle: object, version: str) -> Iterator[Bundle]:
             " (with mlshift.json) instead"
         ) from exc
     with tempfile.TemporaryDirectory(prefix="mlshift-bundle-") as tmp:
-        info = bundling.as_bundle(model_or_bundle, version, dest=Path(tmp) / "bundle")
+        info = bundling.as_bundle(
+            model_or_bundle, version, dest=Path(tmp) / "bundle", trust_pickle=trust_pickle
+        )
         yield read_bundle(Path(info.path))
 
 

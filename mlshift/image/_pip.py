@@ -25,12 +25,15 @@ from pathlib import Path
 
 from mlshift._exceptions import BuildError
 from mlshift.image._layers import LayerBlob, tree_entries, write_layer
+from model_server._errors import BundleReadError
+from model_server._trust import pinned_requirements
 
 __all__ = [
     "DEPS_DIR",
     "DepsLayer",
     "build_deps_layer",
     "cache_dir",
+    "checked_specs",
     "missing_requirements",
     "normalize",
     "parse_packages",
@@ -117,6 +120,22 @@ def cache_dir() -> Path:
     return layers
 
 
+def checked_specs(requirements: dict[str, str]) -> list[str]:
+    """``name==version`` for pip, each a valid PEP 508 pin (a crafted name is no pip option).
+
+    Raises:
+        BuildError: A requirement is not a plain ``name==version``; the message names it.
+
+    Example:
+        >>> checked_specs({"six": "1.16.0"})
+        ['six==1.16.0']
+    """
+    try:
+        return pinned_requirements(requirements)
+    except BundleReadError as exc:
+        raise BuildError(str(exc)) from exc
+
+
 def _pip(args: list[str]) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
     log.info("installing image dependencies: %s", " ".join(args[-10:]))
@@ -196,7 +215,7 @@ def build_deps_layer(
         log.info("reusing cached dependency layer %s", meta["digest"][:19])
         blob = LayerBlob(meta["digest"], meta["diff_id"], meta["size"], blob_path)
         return DepsLayer(blob, meta["packages"])
-    specs = [f"{name}=={version}" for name, version in missing.items()]
+    specs = checked_specs(missing)
     with tempfile.TemporaryDirectory(prefix="mlshift-deps-") as tmp:
         target = Path(tmp) / "target"
         constraints = Path(tmp) / "constraints.txt"

@@ -386,7 +386,7 @@ def same_routes(
 
 
 def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
-    """Rebuild a version's spec from its live Deployment (image, model digest, size)."""
+    """Rebuild a version's spec from its live Deployment (image, model digest, size, trust)."""
     version = str(dig(dep, "metadata", "labels", "version"))
     template = dig(dep, "spec", "template") or {}
     containers = dig(template, "spec", "containers") or [{}]
@@ -399,12 +399,14 @@ def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
         memory_request=str(dig(res, "requests", "memory") or defaults.memory_request),
         memory_limit=str(dig(res, "limits", "memory") or defaults.memory_limit),
     )
+    env = {str(e.get("name")): e.get("value") for e in container.get("env") or ()}
     return VersionSpec(
         name=version,
         model_sha256=str(dig(template, "metadata", "annotations", SHA_ANNOTATION) or ""),
         image=container.get("image"),
         replicas=int(dig(dep, "spec", "replicas") or 1),
         resources=resources,
+        trust_pickle=env.get("MLSHIFT_TRUST_PICKLE") == "1",
     )
 
 

@@ -311,5 +311,9 @@ class Kubernetes:
                 progress=self.progress,
             )
         return VersionSpec(
-            name=version, model_sha256=bundle.sha256, image=image, resources=self.resources
+            name=version,
+            model_sha256=bundle.sha256,
+            image=image,
+            resources=self.resources,
+            trust_pickle=bundle.trusts_pickle,
         )

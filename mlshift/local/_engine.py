@@ -301,7 +301,7 @@ class LocalEngine(PlanSteps):
                 record = self.files.record(spec.name)
                 if owned(record, self.files.server(spec.name)) or not spec.bundle:
                     continue
-                self._start_version(spec.name, spec.bundle, spec.model_sha256)
+                self._start_version(spec.name, spec.bundle, spec.model_sha256, spec.trust_pickle)
                 restarted.append(spec.name)
             failed: list[NotReadyError] = []
             for version in restarted:

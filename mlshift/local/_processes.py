@@ -132,8 +132,12 @@ def start_model_server(
     run_dir: Path,
     grace_period_s: float = 5.0,
     avoid_ports: Collection[int] = (),
+    trust_pickle: bool = False,
 ) -> ProcessRecord:
     """Start ``model_server`` for one version on a free loopback port (not in ``avoid_ports``).
+
+    ``trust_pickle`` lets it load a cloudpickle bundle; pass it only for a version whose
+    deployer said so (``VersionSpec.trust_pickle``).
 
     The record goes to ``run_dir/<version>.json`` and the output to ``run_dir/<version>.log``.
 
@@ -157,12 +161,15 @@ def start_model_server(
         version,
         "--grace-period-s",
         str(grace_period_s),
+        *(["--trust-pickle"] if trust_pickle else []),
     ]
     return spawn(
         cmd,
         log_path=run_dir / f"{version}.log",
         record_path=run_dir / f"{version}.json",
         port=port,
+        # Only the flag decides: a variable left in the notebook's environment does not.
+        env={"MLSHIFT_TRUST_PICKLE": ""},
         extra={"bundle": str(bundle)},
     )
 

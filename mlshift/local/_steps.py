@@ -140,18 +140,24 @@ class PlanSteps(abc.ABC):
                 write_json(self.files.object_path("Deployment", version), step.obj)
                 return
             replaced[version] = current  # swapped out once the new process is ready
-        self._start_version(version, spec.bundle, spec.model_sha256)
+        self._start_version(version, spec.bundle, spec.model_sha256, spec.trust_pickle)
         started.append(version)
         write_json(self.files.object_path("Deployment", version), step.obj)
 
-    def _start_version(self, version: str, bundle: str, sha256: str) -> None:
-        """Start a model server for ``bundle`` and record it, with the model's digest."""
+    def _start_version(
+        self, version: str, bundle: str, sha256: str, trust_pickle: bool = False
+    ) -> None:
+        """Start a model server for ``bundle`` and record it, with the model's digest.
+
+        ``trust_pickle`` (the version's deployer said so) lets it load a pickle bundle.
+        """
         record = procs.start_model_server(
             bundle,
             name=self.name,
             version=version,
             run_dir=self.files.run_dir,
             avoid_ports=(self.router.port,),
+            trust_pickle=trust_pickle,
         )
         extra = {**(record.extra or {}), "sha256": sha256}
         dataclasses.replace(record, extra=extra).save(self.files.record_path(version))

@@ -145,4 +145,9 @@ class Local:
                 shutil.copytree(source, tmp)
                 shutil.rmtree(dest, ignore_errors=True)
                 os.replace(tmp, dest)
-        return VersionSpec(version, model_sha256=bundle.sha256, bundle=str(dest))
+        return VersionSpec(
+            version,
+            model_sha256=bundle.sha256,
+            bundle=str(dest),
+            trust_pickle=bundle.trusts_pickle,
+        )

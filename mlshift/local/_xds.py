@@ -9,9 +9,11 @@ applies, so what a notebook sees locally is Istio's routing, not a simulation of
 
 - each DestinationRule subset becomes one Envoy cluster (``<host>_<subset>``) pointing at that
   version's ``model_server`` on loopback, with an active HTTP health check on
-  ``/v2/health/ready`` every half second, so a killed version is seen as down within a second
-  (and a hung one within about three), and no panic threshold, so a version seen as down gets
-  a fast 503 instead of traffic;
+  ``/v2/health/ready`` every half second, so a killed version (connection refused) is seen as
+  down within about a second and a half, and no panic threshold, so a version seen as down gets
+  a fast 503 instead of traffic. A busy version is not one that is down: each check may take
+  ``HEALTH_TIMEOUT_S`` and it takes ``UNHEALTHY_THRESHOLD`` failures in a row, so a version is
+  ejected for slowness only after about ten seconds without an answer (a hung one);
 - each VirtualService HTTP route becomes one Envoy route per match block (a route with no match
   matches everything): header, URI and method matches, one cluster or ``weighted_clusters``,
   ``request_mirror_policies`` for the mirror, ``retry_policy`` and ``timeout``. Retries stay in
@@ -59,6 +61,10 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ROUTE_CONFIG_NAME = "mlshift"
 STAT_PREFIX = "router"
 HEALTH_PATH = "/v2/health/ready"
+HEALTH_TIMEOUT_S = 2.5
+"""How long one health check may take: a server busy with large bodies still answers in it."""
+UNHEALTHY_THRESHOLD = 3
+"""Failed checks in a row before a version is taken out of routing (slow ones count too)."""
 HEALTH_INTERVAL_S = 0.5
 
 # Istio passes retryOn through to Envoy (HTTP and gRPC policies in one list); numbers become
@@ -179,11 +185,11 @@ def clusters_for(
                 },
                 "health_checks": [
                     {
-                        "timeout": "1s",
+                        "timeout": _seconds(HEALTH_TIMEOUT_S, what="health check timeout"),
                         "interval": interval,
                         # Without this a version carrying no traffic is checked once a minute.
                         "no_traffic_interval": interval,
-                        "unhealthy_threshold": 2,
+                        "unhealthy_threshold": UNHEALTHY_THRESHOLD,
                         "healthy_threshold": 1,
                         "http_health_check": {"path": HEALTH_PATH},
                     }

@@ -116,7 +116,7 @@ def test_canary_promotes_a_healthy_version(ep: mlshift.Endpoint, data: tuple[Any
 def test_canary_rolls_back_a_failing_version(ep: mlshift.Endpoint, data: tuple[Any, Any]) -> None:
     X, y = data
     safe = X[X[:, 0] <= 0][:5]
-    ep.deploy(Fragile(LogisticRegression().fit(X, y)), "v3", sample=safe)
+    ep.deploy(Fragile(LogisticRegression().fit(X, y)), "v3", sample=safe, trust_pickle=True)
     run = ep.send(X, rps=150, duration="12s")
     result = ep.canary("v3", steps=(20, 50, 100), interval="2.5s", threshold=2)
     run.stop()

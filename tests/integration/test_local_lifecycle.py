@@ -88,8 +88,8 @@ def test_hung_version_gets_fast_503_once_its_checks_fail(
     victim = mesh.engine.pids()["v2"]
     os.kill(victim, signal.SIGSTOP)
     try:
-        # Envoy's checks (1 s timeout, 2 failures) take about three seconds to see it.
-        deadline = time.monotonic() + 15.0
+        # Envoy's checks (2.5 s timeout, 3 failures in a row) take about nine seconds to see it.
+        deadline = time.monotonic() + 25.0
         while time.monotonic() < deadline:
             status = mesh.engine.status(mesh.state)
             if not status["v2"].ready and mesh.engine.router.host_health()["churn_v2"] is False:

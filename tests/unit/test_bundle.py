@@ -76,7 +76,10 @@ def test_round_trip_every_flavor(
     flavor, serializer, library = expected
     X, y = data
     model = _models(X, y)[kind]
-    info = write_bundle(model, "v1", sample=X[:5], dest=tmp_path / kind, name="m")
+    trust = kind == "pyfunc"  # a class of the tests' own: only a pickle holds it
+    info = write_bundle(
+        model, "v1", sample=X[:5], dest=tmp_path / kind, name="m", trust_pickle=trust
+    )
     assert (info.flavor, info.serializer) == (flavor, serializer)
     if kind != "pyfunc":  # EchoModel holds no numpy objects: nothing to require
         assert library in info.requirements
@@ -84,7 +87,7 @@ def test_round_trip_every_flavor(
     assert manifest["sha256"] == info.sha256
     assert manifest["format_version"] == 1
     assert manifest["python"].count(".") == 2
-    loaded = load_bundle(info.path)
+    loaded = load_bundle(info.path, trust_pickle=trust)
     np.testing.assert_allclose(loaded.model.predict(X), model.predict(X))
 
 
@@ -110,7 +113,7 @@ def test_manifest_fields_for_a_classifier(tmp_path: Path, data: Any) -> None:
 
 def test_regressor_buckets_come_from_the_sample(tmp_path: Path, data: Any) -> None:
     X, _ = data
-    info = write_bundle(EchoModel(), "v1", sample=X[:10], dest=tmp_path / "b")
+    info = write_bundle(EchoModel(), "v1", sample=X[:10], dest=tmp_path / "b", trust_pickle=True)
     buckets = info.manifest["output"]["buckets"]
     assert buckets == sorted(buckets)
     assert buckets[0] < X[:10, 0].min() and buckets[-1] > X[:10, 0].max()
@@ -152,20 +155,20 @@ def test_tampered_model_file_is_refused(tmp_path: Path, data: Any) -> None:
 
 
 def test_as_bundle_reads_existing_bundles_without_rewriting(tmp_path: Path) -> None:
-    info = bundle(EchoModel(), "v1", sample=[[1.0, 2.0]], path=tmp_path / "b")
+    info = bundle(EchoModel(), "v1", sample=[[1.0, 2.0]], path=tmp_path / "b", trust_pickle=True)
     assert isinstance(info, BundleInfo)
     stamp = (info.path / "mlshift.json").stat().st_mtime_ns
     again = as_bundle(str(info.path), "v1")
     assert again.sha256 == info.sha256
     assert as_bundle(info, "v1").manifest == info.manifest
     assert (info.path / "mlshift.json").stat().st_mtime_ns == stamp
-    fresh = as_bundle(EchoModel(), "v2", dest=tmp_path / "c")
+    fresh = as_bundle(EchoModel(), "v2", dest=tmp_path / "c", trust_pickle=True)
     assert fresh.manifest["version"] == "v2"
 
 
 def test_rewriting_a_bundle_replaces_it(tmp_path: Path) -> None:
-    first = write_bundle(EchoModel(), "v1", dest=tmp_path / "b")
-    second = write_bundle(EchoModel(delay_s=0.5), "v1", dest=tmp_path / "b")
+    first = write_bundle(EchoModel(), "v1", dest=tmp_path / "b", trust_pickle=True)
+    second = write_bundle(EchoModel(delay_s=0.5), "v1", dest=tmp_path / "b", trust_pickle=True)
     assert first.sha256 != second.sha256
     assert read_bundle(tmp_path / "b").sha256 == second.sha256
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp dirs left behind
@@ -173,22 +176,24 @@ def test_rewriting_a_bundle_replaces_it(tmp_path: Path) -> None:
 
 def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(InvalidNameError):
-        write_bundle(EchoModel(), "V_1", dest=tmp_path / "b")
+        write_bundle(EchoModel(), "V_1", dest=tmp_path / "b", trust_pickle=True)
     with pytest.raises(BundleError, match="no predict"):
         write_bundle(object(), "v1", dest=tmp_path / "b")
     with pytest.raises(BundleError, match="not a bundle"):
         as_bundle(tmp_path, "v1")
     with pytest.raises(BundleError, match="predict\\(sample\\) failed"):
-        write_bundle(EchoModel(fail_below=10.0), "v1", sample=[[1.0]], dest=tmp_path / "c")
+        write_bundle(
+            EchoModel(fail_below=10.0), "v1", sample=[[1.0]], dest=tmp_path / "c", trust_pickle=True
+        )
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
     with pytest.raises(BundleError, match="not a bundle"):
-        write_bundle(EchoModel(), "v1", dest=tmp_path / "junk")
+        write_bundle(EchoModel(), "v1", dest=tmp_path / "junk", trust_pickle=True)
     assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
 
 
 def test_manifest_problems_are_named(tmp_path: Path) -> None:
-    info = write_bundle(EchoModel(), "v1", dest=tmp_path / "b")
+    info = write_bundle(EchoModel(), "v1", dest=tmp_path / "b", trust_pickle=True)
     path = info.path / "mlshift.json"
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, "format_version": 3}))
@@ -297,7 +302,12 @@ def test_estimators_without_sample_record_names_or_width(tmp_path: Path, frame: 
         "shape": [None, 2],
         "dtype": "float64",
     }
-    assert write_bundle(EchoModel(), "v1", dest=tmp_path / "c").manifest["input_schema"] is None
+    assert (
+        write_bundle(EchoModel(), "v1", dest=tmp_path / "c", trust_pickle=True).manifest[
+            "input_schema"
+        ]
+        is None
+    )
 
 
 def test_columns_of_unknown_dtype_take_any_value_and_need_format_2(
@@ -316,7 +326,12 @@ def test_columns_of_unknown_dtype_take_any_value_and_need_format_2(
         DummyClassifier().fit(X[["tenure"]].to_numpy(), y), "v1", dest=tmp_path / "c"
     )
     assert numeric.manifest["input_schema"]["dtype"] == "any"
-    assert write_bundle(EchoModel(), "v1", dest=tmp_path / "d").manifest["format_version"] == 1
+    assert (
+        write_bundle(EchoModel(), "v1", dest=tmp_path / "d", trust_pickle=True).manifest[
+            "format_version"
+        ]
+        == 1
+    )
 
 
 @pytest.mark.slow  # first use of xgboost and lightgbm imports them (~2-5 s)

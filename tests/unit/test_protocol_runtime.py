@@ -1,6 +1,7 @@
 """The server's pure runtime pieces: adaptive batching, settings from flags/env, metric families.
 
 Batching keeps requests for different methods (predict, predict_proba, both) in separate calls.
+A failed batch is bisected: one bad caller costs a dozen calls, a broken model three.
 
 The batcher runs on pytest-asyncio's loop with a plain function as the model; no sockets.
 """
@@ -153,3 +154,63 @@ def test_metric_families_for_each_task() -> None:
     assert 'mlshift_prediction_value_bucket{le="5.0",model="price",version="v2"} 1.0' in text
     assert 'mlshift_prediction_value_sum{model="price",version="v2"} 8.0' in text
     assert "mlshift_predictions_total" not in text
+
+
+class CountingModel:
+    """Counts predict calls; fails on any batch that holds a negative row, or always."""
+
+    def __init__(self, *, always_fails: bool = False) -> None:
+        self.calls = 0
+        self.always_fails = always_fails
+
+    def __call__(self, items: Sequence[Decoded]) -> Any:
+        X = to_model_input(items, SCHEMA)
+        self.calls += 1
+        if self.always_fails:
+            raise RuntimeError("the model is broken")
+        if (X < 0).any():
+            raise ValueError("negative")
+        return dict.fromkeys(items[0].methods, X[:, 0] * 10)
+
+
+async def _one_batch_of_64(model: CountingModel, values: list[float]) -> list[Any]:
+    # A long wait with room for exactly 64 rows: the 64 requests make one batch.
+    batcher = Batcher(model, max_batch_size=64, max_wait_s=5.0)
+    batcher.start()
+    try:
+        return await asyncio.gather(
+            *(batcher.submit(_rows(v)) for v in values), return_exceptions=True
+        )
+    finally:
+        await batcher.stop()
+
+
+@pytest.mark.parametrize(
+    ("case", "bad", "max_calls"),
+    [
+        ("all good", set(), 1),
+        ("one bad item", {37}, 1 + 2 * 6),  # the batch, then both halves at each of 6 levels
+        ("all bad", set(range(64)), 3),  # the batch and its two halves: known bad, stop
+    ],
+)
+async def test_a_failed_batch_is_bisected_and_stops_once_known_bad(
+    case: str, bad: set[int], max_calls: int
+) -> None:
+    model = CountingModel()
+    values = [-1.0 - i if i in bad else float(i) for i in range(64)]
+    outcomes = await _one_batch_of_64(model, values)
+    assert model.calls <= max_calls, case
+    for i, outcome in enumerate(outcomes):
+        if i in bad:
+            assert isinstance(outcome, ModelCallError), (case, i)
+            assert "ValueError: negative" in outcome.message
+        else:
+            assert outcome["predict"].tolist() == [i * 10], (case, i)
+
+
+async def test_a_model_that_fails_on_every_input_is_called_three_times_per_batch() -> None:
+    model = CountingModel(always_fails=True)
+    outcomes = await _one_batch_of_64(model, [float(i) for i in range(64)])
+    assert model.calls == 3  # not 65: the batch, its halves, then every caller gets the 500
+    assert all(isinstance(o, ModelCallError) for o in outcomes)
+    assert all("RuntimeError: the model is broken" in o.message for o in outcomes)  # type: ignore[union-attr]

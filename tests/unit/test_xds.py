@@ -64,6 +64,8 @@ def test_one_health_checked_loopback_cluster_per_subset() -> None:
     (check,) = v2["health_checks"]
     assert check["http_health_check"] == {"path": "/v2/health/ready"}
     assert check["interval"] == check["no_traffic_interval"] == "0.5s"
+    # Sized for a busy server: a slow answer is not a dead version (issue 12).
+    assert (check["timeout"], check["unhealthy_threshold"]) == ("2.5s", 3)
     # One host per cluster: with Envoy's default 50 % panic threshold a failing host would
     # still get traffic.
     assert v2["common_lb_config"] == {"healthy_panic_threshold": {"value": 0.0}}
