@@ -74,6 +74,10 @@ def _run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) ->
     return done.stdout
 
 
+def _cache_root() -> Path:
+    return Path(tempfile.gettempdir()) / "mlshift-test-rootfs"
+
+
 def _python_version(rootfs_tar: Path) -> str:
     """The ``major.minor`` of the root file system's ``/usr/bin/python3.X``."""
     with tarfile.open(rootfs_tar) as tar:
@@ -92,7 +96,7 @@ def debian_python_layout() -> tuple[Path, str]:
     mirror = os.environ.get("MLSHIFT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     key_source = json.dumps([SUITE, VARIANT, PACKAGES, mirror, BASE_ENV])
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / "mlshift-test-rootfs" / f"{SUITE}-{key}"
+    cache = _cache_root() / f"{SUITE}-{key}"
     meta = cache.with_name(f"{cache.name}.json")
     if meta.exists() and cache.is_dir():
         return cache, json.loads(meta.read_text())["python"]
@@ -179,12 +183,28 @@ def debian_base(registry: Registry) -> str:
 
 
 def _unpack(ref: str, dest: Path) -> dict[str, Any]:
-    """Pull ``ref`` into an OCI layout, unpack it, and return umoci's runtime config."""
-    layout = dest / "layout"
+    """Pull ``ref`` into an OCI layout, unpack its layers, and return its runtime config.
+
+    ``umoci raw unpack`` skips the mtree manifest of ``umoci unpack`` (a third faster here);
+    ``umoci raw runtime-config`` writes the OCI runtime's view of the image config.
+    """
+    layout, rootfs = dest / "layout", dest / "rootfs"
+    umoci = _tool("umoci")
     _run(_tool("skopeo"), "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:img")
-    _run(_tool("umoci"), "unpack", "--image", f"{layout}:img", str(dest / "bundle"))
+    _run(umoci, "raw", "unpack", "--image", f"{layout}:img", str(rootfs))
+    config = dest / "config.json"
+    _run(
+        umoci,
+        "raw",
+        "runtime-config",
+        "--image",
+        f"{layout}:img",
+        "--rootfs",
+        str(rootfs),
+        str(config),
+    )
     shutil.rmtree(layout)
-    return json.loads((dest / "bundle" / "config.json").read_text())  # type: ignore[no-any-return]
+    return json.loads(config.read_text())  # type: ignore[no-any-return]
 
 
 def _start(rootfs: Path, process: dict[str, Any], env: dict[str, str], log: Path) -> Any:
@@ -269,15 +289,20 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
     array_data: tuple[Any, Any],
     image_cache: Path,
     unpacked: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Dependency layers are keyed by requirements, Python and platform: keep them between
+    # sessions like the root fs, so a second run skips pip (a cold run still builds them).
+    monkeypatch.setenv("MLSHIFT_CACHE_DIR", str(_cache_root() / "mlshift-cache"))
     started = time.monotonic()
     ref = mlshift.build_image(
         rf_model, "v1", repository=f"{registry.host}/ml/rf", base=debian_base, progress=False
     )
     built = time.monotonic() - started
     runtime = _unpack(ref, unpacked)
+    unpacked_at = time.monotonic()
     process = runtime["process"]
-    rootfs = unpacked / "bundle" / runtime["root"]["path"]
+    rootfs = unpacked / "rootfs"
 
     # The config a runtime gets: model_server via the base's python3, as the non-root user.
     assert process["args"] == ["python3", "-m", "model_server"]
@@ -298,7 +323,7 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, log)
-        ready_after = time.monotonic() - started - built
+        ready_after = time.monotonic() - unpacked_at
 
         import tritonclient.http as triton
 
@@ -338,6 +363,6 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
             proc.kill()
             proc.wait(10)
     print(  # the timings, visible with -s
-        f"\nimage e2e: build+push {built:.1f} s, unpack+start+ready {ready_after:.1f} s,"
-        f" total {time.monotonic() - started:.1f} s"
+        f"\nimage e2e: build+push {built:.1f} s, pull+unpack {unpacked_at - started - built:.1f} s,"
+        f" start to ready {ready_after:.1f} s, total {time.monotonic() - started:.1f} s"
     )
