@@ -1,7 +1,10 @@
-# The base serving image: slim Python + model_server, non-root, port 8080.
+# An optional, prebuilt serving base: slim Python + model_server and its packages, non-root,
+# port 8080. You do not need it: by default mlshift builds on the official python:3.X-slim and
+# adds model_server and its packages as layers itself. This base saves those layers per image.
 #
 #   docker build -t registry.example.com/ml/serving-base:py3.11 .
 #   (or any daemonless builder: buildah, kaniko, ...)
+#   then base="registry.example.com/ml/serving-base:py3.11" or MLSHIFT_BASE_IMAGE=...
 #
 # mlshift's daemonless image builder appends the model's extra requirements and the bundle
 # (at /opt/mlshift/model) as layers on top of this image; the base is never rebuilt per
@@ -18,6 +21,7 @@ LABEL org.opencontainers.image.title="mlshift-model-server" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.mlshift.python="3.11" \
+      io.mlshift.python-executable="python3" \
       io.mlshift.python-packages="${PACKAGES}" \
       io.mlshift.model-server="${VERSION}"
 
@@ -33,13 +37,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # model_server's runtime only (images never import the mlshift SDK). The uid matches the
 # Deployment's runAsUser and the daemonless builder's image config.
 RUN pip install ${PACKAGES} \
-    && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin mlshift \
+    && groupadd --gid 65532 mlshift \
+    && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin mlshift \
     && mkdir -p /opt/mlshift/model
 
 COPY model_server /opt/mlshift/lib/model_server
 
-USER 65532
+USER 65532:65532
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --start-period=20s \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/v2/health/ready', timeout=1)"]
-ENTRYPOINT ["python", "-m", "model_server"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/v2/health/ready', timeout=1)"]
+ENTRYPOINT ["python3", "-m", "model_server"]

@@ -1,8 +1,11 @@
 """Serving images: build a model's image and push it straight to an OCI registry.
 
 The daemonless builder (the default when no Docker engine answers) appends layers to a base
-image the way ko and Jib do: (1) Python packages the bundle needs that the base lacks, (2)
-``model_server`` when the base lacks it, (3) the bundle at ``/opt/mlshift/model``. Layers are
+image the way ko and Jib do. The default base is the official ``python:3.X-slim`` of the
+notebook's Python; onto it go (1) the Python packages model_server and the bundle need that the
+base lacks (wheels for the base's Python and platform), (2) ``model_server`` when the base lacks
+it, (3) the bundle at ``/opt/mlshift/model``, and a config that runs model_server as a non-root
+user on port 8080. Layers are
 reproducible, so the same bundle gives the same digest, and blobs the registry has are never
 sent twice. ``builder="docker"`` builds a generated context with the ``docker`` SDK instead.
 
@@ -24,14 +27,18 @@ from mlshift._names import check_name
 from mlshift.image._builder import BuildResult, build_daemonless, image_spec
 from mlshift.image._inputs import open_bundle
 from mlshift.image._manifest import parse_platform
+from mlshift.image._python import default_base_image
 from mlshift.image._reference import image_tag, parse_reference
 
 __all__ = ["DEFAULT_BASE_IMAGE", "BuildResult", "build_image", "build_image_result", "image_tag"]
 
 log = logging.getLogger("mlshift.image")
 
-# The image the top-level Dockerfile builds; override with MLSHIFT_BASE_IMAGE or base=.
-DEFAULT_BASE_IMAGE = "ghcr.io/mlshift/serving-base:py3.11"
+# The official slim Python image of the notebook's Python (multi-arch, e.g.
+# docker.io/library/python:3.11-slim): the builder adds model_server, its dependencies and the
+# bundle as layers, so no mlshift-published base is needed. Override with MLSHIFT_BASE_IMAGE
+# or base= (an image built from mlshift's Dockerfile skips the layers it already has).
+DEFAULT_BASE_IMAGE = default_base_image()
 _BUILDERS = ("auto", "daemonless", "docker")
 
 
@@ -57,7 +64,9 @@ def build_image(
         repository: where to push, e.g. ``"registry.example.com/ml/churn"`` (no tag).
         endpoint: the endpoint name; defaults to the repository's last path component. The
             image is tagged ``<endpoint>-<version>``.
-        base: the base image; defaults to ``$MLSHIFT_BASE_IMAGE`` or ``DEFAULT_BASE_IMAGE``.
+        base: the base image; defaults to ``$MLSHIFT_BASE_IMAGE`` or ``DEFAULT_BASE_IMAGE``
+            (``python:3.X-slim`` of this Python). It must say its Python: the official
+            images' ``PYTHON_VERSION`` or the label ``io.mlshift.python``.
         platform: the target platform, ``"linux/amd64"`` or ``"linux/arm64"``.
         builder: ``"auto"`` (Docker when an engine answers, else daemonless),
             ``"daemonless"`` or ``"docker"``.

@@ -6,11 +6,14 @@ from the base's repository on the same registry, copy from another registry, or 
 then push the manifest by digest, and only then the tag. A failure at any step leaves at
 most unreferenced blobs behind, never a tag pointing at half an image.
 
-How mlshift knows what the base has: base images built from mlshift's Dockerfile carry the
-labels ``io.mlshift.python`` (``"3.11"``), ``io.mlshift.python-packages`` (``"numpy==1.26.4
+How mlshift knows what the base has: its Python comes from the config (``_python``: the
+``io.mlshift.python`` label or the official images' ``PYTHON_VERSION``); base images built
+from mlshift's Dockerfile also carry ``io.mlshift.python-packages`` (``"numpy==1.26.4
 pandas==2.2.2 ..."``, space-separated) and ``io.mlshift.model-server`` (the mlshift version whose
-``model_server`` is installed). A base without them is assumed to have no packages and no
-``model_server``; the built image carries the labels updated with what was added.
+``model_server`` is installed). A base without them, such as the default ``python:3.X-slim``,
+is assumed to have no packages and no ``model_server``: both are added as layers, with
+model_server's runtime packages as wheels for the base's Python and platform. The built image
+carries the labels updated with what was added, so it is itself a labelled base.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mlshift.image._manifest import (
     select_platform,
 )
 from mlshift.image._pip import DEPS_DIR, build_deps_layer, cache_dir, parse_packages
+from mlshift.image._python import LABEL_PYTHON, LABEL_PYTHON_EXECUTABLE, base_python
 from mlshift.image._reference import ImageReference
 from mlshift.image._registry import DOCKER_LIST, OCI_INDEX, PushStats, RegistryClient
 
@@ -48,7 +52,6 @@ __all__ = ["BuildResult", "build_daemonless", "image_spec", "resolve_base"]
 log = logging.getLogger("mlshift.image")
 
 LABEL_PACKAGES = "io.mlshift.python-packages"
-LABEL_PYTHON = "io.mlshift.python"
 LABEL_SERVER = "io.mlshift.model-server"
 
 
@@ -171,7 +174,9 @@ def _build(job: _Job) -> BuildResult:
     base = resolve_base(src, base_ref, platform)
     labels = base.labels
     base_packages = parse_packages(labels.get(LABEL_PACKAGES, ""))
-    python = labels.get(LABEL_PYTHON) or bundle.python
+    python = base_python(base.config, base.name, bundle_python=bundle.python)
+    labels[LABEL_PYTHON] = python.version
+    labels[LABEL_PYTHON_EXECUTABLE] = python.executable
     added: list[tuple[LayerBlob, str]] = []
     uploads: list[tuple[LayerBlob, bytes | None]] = []
 
@@ -185,7 +190,7 @@ def _build(job: _Job) -> BuildResult:
         server = (stream.result(), server_tar)
         labels[LABEL_SERVER] = server_version
     deps = build_deps_layer(
-        requirements, python=python, platform=platform, base_packages=base_packages
+        requirements, python=python.version, platform=platform, base_packages=base_packages
     )
     if deps is not None:
         added.append((deps.blob, f"pip install --target /{DEPS_DIR} ({len(deps.packages)} pkgs)"))
@@ -276,6 +281,7 @@ def _build(job: _Job) -> BuildResult:
         base_name=base.name,
         base_digest=base.digest,
         labels=labels,
+        python=python.executable,
     )
     config = compose_config(base, spec, added)
     config_digest = f"sha256:{hashlib.sha256(config).hexdigest()}"
@@ -316,8 +322,9 @@ def image_spec(
     base_name: str,
     base_digest: str,
     labels: dict[str, str],
+    python: str = "python3",
 ) -> ImageSpec:
-    """The Env and labels every mlshift image carries, whichever builder made it."""
+    """The Env, labels and entrypoint every mlshift image has, whichever builder made it."""
     created = str(bundle.manifest.get("created") or "1970-01-01T00:00:00Z")
     try:
         created = datetime.fromisoformat(created).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -346,4 +353,6 @@ def image_spec(
         "PYTHONUNBUFFERED": "1",
         "PORT": "8080",
     }
-    return ImageSpec(env=env, labels=labels, created=created)
+    return ImageSpec(
+        env=env, labels=labels, created=created, entrypoint=(python, "-m", "model_server")
+    )

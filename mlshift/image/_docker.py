@@ -19,7 +19,13 @@ from typing import Any
 
 from mlshift._exceptions import BuildError
 from mlshift.image._auth import find_credentials
-from mlshift.image._inputs import MODEL_DIR, SERVER_DIR, Bundle, model_server_entries
+from mlshift.image._inputs import (
+    MODEL_DIR,
+    SERVER_DIR,
+    Bundle,
+    model_server_entries,
+    model_server_requirements,
+)
 from mlshift.image._pip import DEPS_DIR, checked_specs
 from mlshift.image._reference import ImageReference
 
@@ -46,12 +52,15 @@ def docker_client() -> tuple[Any, str]:
 def _dockerfile(
     bundle: Bundle, base: str, platform: str, env: dict[str, str], labels: dict[str, str]
 ) -> str:
-    requirements = " ".join(checked_specs(bundle.requirements))
+    # The engine's build cannot see the base's labels, so model_server's runtime packages are
+    # always installed next to the bundle's (pip inside the build picks the base's wheels).
+    wanted = {**model_server_requirements(), **bundle.requirements}
+    requirements = " ".join(checked_specs(dict(sorted(wanted.items()))))
     lines = [f"FROM --platform={platform} {base}", "USER 0"]
     lines.append(f"COPY model_server /{SERVER_DIR}/model_server")
     if requirements:
         lines.append(
-            f"RUN python -m pip install --no-cache-dir --target /{DEPS_DIR} {requirements}"
+            f"RUN python3 -m pip install --no-cache-dir --target /{DEPS_DIR} {requirements}"
         )
     lines.append(f"COPY bundle /{MODEL_DIR}")
     lines += [f"ENV {k}={json.dumps(v)}" for k, v in env.items()]
@@ -59,8 +68,8 @@ def _dockerfile(
     lines += [
         "EXPOSE 8080",
         "WORKDIR /opt/mlshift",
-        "USER 65532",
-        'ENTRYPOINT ["python", "-m", "model_server"]',
+        "USER 65532:65532",
+        'ENTRYPOINT ["python3", "-m", "model_server"]',
     ]
     return "\n".join(lines) + "\n"
 

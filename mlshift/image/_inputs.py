@@ -33,12 +33,15 @@ __all__ = [
 
 MODEL_DIR = "opt/mlshift/model"
 SERVER_DIR = "opt/mlshift/lib"
-# What model_server imports at run time (pyproject's "model_server" and "bundles" groups).
+# What model_server imports at run time (pyproject's "model_server" and "bundles" groups);
+# uvloop and httptools because model_server runs uvicorn with loop="uvloop", http="httptools".
 _SERVER_RUNTIME = (
     "numpy",
     "pandas",
     "orjson",
     "uvicorn",
+    "uvloop",
+    "httptools",
     "prometheus-client",
     "packaging",
     "cloudpickle",

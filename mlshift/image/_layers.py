@@ -55,16 +55,20 @@ class LayerBlob:
     path: Path | None = None
 
 
-def tree_entries(src: Path, dest: str) -> list[Entry]:
+def tree_entries(src: Path, dest: str, *, bytecode: bool = False) -> list[Entry]:
     """Entries for every file under ``src``, placed under ``dest`` (caches and .pyc skipped).
+
+    With ``bytecode`` the ``__pycache__`` directories are kept (bytecode compiled on purpose
+    for the image, as the dependency layer's is).
 
     Example:
         >>> entries = tree_entries(Path("bundle"), "opt/mlshift/model")  # doctest: +SKIP
     """
     dest = dest.strip("/")
     entries = [Entry(dest, "dir", mode=0o755)]
+    skip_dirs = _SKIP_NAMES - {"__pycache__"} if bytecode else _SKIP_NAMES
     for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_NAMES)
+        dirs[:] = sorted(d for d in dirs if d not in skip_dirs)
         rel_root = Path(root).relative_to(src)
         for name in dirs:
             full = Path(root) / name
@@ -74,7 +78,7 @@ def tree_entries(src: Path, dest: str) -> list[Entry]:
             else:
                 entries.append(Entry(inside, "dir", mode=0o755))
         for name in sorted(files):
-            if name in _SKIP_NAMES or name.endswith((".pyc", ".pyo")):
+            if name in _SKIP_NAMES or (not bytecode and name.endswith((".pyc", ".pyo"))):
                 continue
             full = Path(root) / name
             inside = f"{dest}/{(rel_root / name).as_posix()}".replace("/./", "/")

@@ -80,8 +80,8 @@ class ImageSpec:
     env: dict[str, str]
     labels: dict[str, str]
     created: str
-    user: str = "65532"
-    entrypoint: tuple[str, ...] = ("python", "-m", "model_server")
+    user: str = "65532:65532"  # uid:gid of the Deployment's runAsUser/runAsGroup
+    entrypoint: tuple[str, ...] = ("python3", "-m", "model_server")
     port: int = 8080
     workdir: str = "/opt/mlshift"
 

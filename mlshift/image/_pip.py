@@ -6,14 +6,21 @@ base already has at the same version, and the cache: the finished layer lives in
 ``$MLSHIFT_CACHE_DIR`` (default ``~/.cache/mlshift``) under the hash of the requirement set,
 Python version, platform and base packages, so every later version with unchanged
 dependencies reuses the same blob (and the registry's ``HEAD`` skips it).
+
+When this interpreter has the image's ``major.minor``, the layer also carries bytecode,
+compiled hash-based and unchecked (PEP 552: no mtimes, which layers zero; the layer never
+changes): a pod's root file system is read-only, so without it every start compiles numpy,
+pandas and scikit-learn afresh (three times slower to ready on a busy 2-core machine).
 """
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import logging
 import os
+import py_compile
 import re
 import shutil
 import subprocess
@@ -203,8 +210,15 @@ def build_deps_layer(
         return None
     py = ".".join(python.split(".")[:2])
     tags = platform_tags(platform)
+    bytecode = py == f"{sys.version_info.major}.{sys.version_info.minor}"
     key_source = json.dumps(
-        {"req": missing, "py": py, "platform": platform, "base": sorted(base_packages.items())},
+        {
+            "req": missing,
+            "py": py,
+            "platform": platform,
+            "base": sorted(base_packages.items()),
+            "pyc": sys.implementation.cache_tag if bytecode else None,
+        },
         sort_keys=True,
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
@@ -235,7 +249,11 @@ def build_deps_layer(
             raise _pip_error(done.stderr, specs, platform, py)
         _prune(target, base_packages)
         packages = {name: version for name, (version, _) in _installed(target).items()}
-        blob = write_layer(tree_entries(target, DEPS_DIR), blob_path)
+        if bytecode:
+            _compile(target)
+        else:
+            log.info("no bytecode in the image: this is Python %s, the image's %s", sys.version, py)
+        blob = write_layer(tree_entries(target, DEPS_DIR, bytecode=bytecode), blob_path)
     meta_path.write_text(
         json.dumps(
             {
@@ -248,6 +266,16 @@ def build_deps_layer(
         encoding="utf-8",
     )
     return DepsLayer(blob, packages)
+
+
+def _compile(target: Path) -> None:
+    """Compile every module under ``target`` to unchecked hash-based ``.pyc`` (PEP 552)."""
+    compileall.compile_dir(
+        target,
+        quiet=2,
+        workers=0,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
 
 
 def _pip_error(stderr: str, specs: list[str], platform: str, python: str) -> BuildError:

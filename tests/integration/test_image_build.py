@@ -76,9 +76,10 @@ def test_image_has_bundle_server_and_config(
         check=True,
     )
     config = json.loads(inspect.stdout)["config"]
-    assert config["User"] == "65532"
+    assert config["User"] == "65532:65532"
     assert config["ExposedPorts"] == {"8080/tcp": {}}
-    assert config["Entrypoint"] == ["python", "-m", "model_server"]
+    assert config["Entrypoint"] == ["python3", "-m", "model_server"]
+    assert config.get("Cmd") is None  # the base's Cmd (python3) must not become arguments
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["MLSHIFT_MODEL_DIR"] == "/opt/mlshift/model"
     assert env["MLSHIFT_MODEL_VERSION"] == "v1"
@@ -231,6 +232,22 @@ def test_tampered_bundle_is_refused_and_nothing_is_tagged(
             bundle, "v1", repository=f"{registry.host}/bad/churn", base=base, progress=False
         )
     assert manifest(registry, "bad/churn", "churn-v1").status_code == 404
+
+
+def test_base_that_does_not_say_its_python_is_refused(
+    registry: Registry, image_cache: Path, tmp_path: Path
+) -> None:
+    """Wheels are picked for the base's Python, so a base must say which one it has."""
+    push_base_image(registry, "nopy/base", "1", labels={})
+    with pytest.raises(BuildError, match=r"nopy/base:1 does not say which Python"):
+        build_image(
+            make_bundle(tmp_path / "b"),
+            "v1",
+            repository=f"{registry.host}/nopy/churn",
+            base=f"{registry.host}/nopy/base:1",
+            progress=False,
+        )
+    assert manifest(registry, "nopy/churn", "churn-v1").status_code == 404
 
 
 def test_missing_base_image(registry: Registry, image_cache: Path, tmp_path: Path) -> None:

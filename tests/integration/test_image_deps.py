@@ -105,6 +105,51 @@ def test_missing_package_goes_into_a_cached_deps_layer(
     assert deps_digest not in second.stats.uploaded
 
 
+def _deps_layer(reg: Registry, repo: str, tag: str) -> dict[str, bytes]:
+    import gzip
+    import io
+    import tarfile
+
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    pushed = httpx.get(f"{reg.url}/v2/{repo}/manifests/{tag}", headers=accept).json()
+    blob = httpx.get(f"{reg.url}/v2/{repo}/blobs/{pushed['layers'][1]['digest']}").content
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tar:
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+def test_deps_layer_carries_bytecode_for_the_image_python_only(
+    registry: Registry, image_cache: Path, wheelhouse: Path, tmp_path: Path
+) -> None:
+    """A read-only pod root fs cannot cache bytecode, so the layer brings it (PEP 552)."""
+    import sys
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    other = f"{sys.version_info.major}.{sys.version_info.minor + 1}"
+    for python in (here, other):
+        repo = f"pyc{python.replace('.', '')}/m"
+        push_base_image(
+            registry, f"{repo}-base", "1", labels=base_labels(**{"io.mlshift.python": python})
+        )
+        build_image(
+            make_bundle(tmp_path / python, requirements={"mlshifttoy": "1.0"}),
+            "v1",
+            repository=f"{registry.host}/{repo}",
+            base=f"{registry.host}/{repo}-base:1",
+            progress=False,
+        )
+        files = _deps_layer(registry, repo, "m-v1")
+        pyc = f"opt/mlshift/deps/mlshifttoy/__pycache__/__init__.{sys.implementation.cache_tag}.pyc"
+        if python == here:
+            # flags word: hash-based (bit 0), unchecked (bit 1 clear): valid with mtime 0
+            assert int.from_bytes(files[pyc][4:8], "little") == 0b01
+        else:
+            assert not any(name.endswith(".pyc") for name in files)
+
+
 def test_requirement_without_wheel_for_platform(
     registry: Registry, deps_base: str, image_cache: Path, wheelhouse: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 import tarfile
 
 import pytest
@@ -24,6 +25,7 @@ from mlshift.image._manifest import (
     select_platform,
 )
 from mlshift.image._pip import missing_requirements, parse_packages, platform_tags
+from mlshift.image._python import BasePython, base_python
 from mlshift.image._reference import image_tag, is_loopback, parse_reference
 from mlshift.image._registry import OCI_MANIFEST
 
@@ -179,12 +181,55 @@ def test_compose_config_and_manifest() -> None:
     config = json.loads(compose_config(base, spec, [(layer, "bundle")]))
     assert config["config"]["Env"] == ["PATH=/bin", "PYTHONPATH=/opt/lib:/base", "A=1"]
     assert config["config"]["Labels"] == {"keep": "1", "new": "2"}
-    assert config["config"]["User"] == "65532"
+    assert config["config"]["User"] == "65532:65532"
+    assert config["config"]["Entrypoint"] == ["python3", "-m", "model_server"]
     assert config["rootfs"]["diff_ids"] == ["sha256:d0", "sha256:d1"]
     manifest = json.loads(compose_manifest(base, "sha256:c", 5, [layer]))
     assert [entry["digest"] for entry in manifest["layers"]] == ["sha256:base", "sha256:l1"]
     assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
     assert compose_config(base, spec, [(layer, "b")]) == compose_config(base, spec, [(layer, "b")])
+
+
+def test_default_base_is_the_official_slim_python_of_this_python() -> None:
+    want = f"docker.io/library/python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+    assert want == mlshift.image.DEFAULT_BASE_IMAGE
+    ref = parse_reference(mlshift.image.DEFAULT_BASE_IMAGE)
+    assert (ref.registry, ref.repository) == ("registry-1.docker.io", "library/python")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "expected"),
+    [
+        # python:3.11-slim: no labels, PYTHON_VERSION in Env, python3 on PATH (/usr/local/bin)
+        ({"Env": ["PATH=/usr/local/bin:/usr/bin", "PYTHON_VERSION=3.11.14"]}, ("3.11", "python3")),
+        # a Debian base labelled by hand, its interpreter named
+        (
+            {
+                "Labels": {
+                    "io.mlshift.python": "3.11",
+                    "io.mlshift.python-executable": "/usr/bin/python3",
+                }
+            },
+            ("3.11", "/usr/bin/python3"),
+        ),
+        # the label wins over the environment
+        (
+            {"Env": ["PYTHON_VERSION=3.12.1"], "Labels": {"io.mlshift.python": "3.13"}},
+            ("3.13", "python3"),
+        ),
+    ],
+)
+def test_base_python_is_read_from_the_config(
+    runtime: dict[str, object], expected: tuple[str, str]
+) -> None:
+    assert base_python({"config": runtime}, "b") == BasePython(*expected)
+
+
+def test_base_python_unknown_or_malformed_is_a_clear_error() -> None:
+    with pytest.raises(BuildError, match=r"does not say which Python.*io\.mlshift\.python=3\.X"):
+        base_python({"config": {"Env": ["PATH=/usr/bin"]}}, "debian:12")
+    with pytest.raises(BuildError, match="CPython 3.X"):
+        base_python({"config": {"Labels": {"io.mlshift.python": "pypy"}}}, "b")
 
 
 def test_pip_planning() -> None:
