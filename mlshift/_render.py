@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "mlshift"}
 SERVICE_PORT = 80
 CONTAINER_PORT = 8080
 GRACE_PERIOD_S = 20
+STARTUP_PERIOD_S = 5
 ISTIO_API = "networking.istio.io/v1"
 # Envoy's default latency buckets start at 0.5 ms and jump to 5 ms; a fast model needs finer.
 LATENCY_BUCKETS_MS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 10000]
@@ -118,11 +120,27 @@ def _meta(
     return {"name": name, "namespace": state.namespace, "labels": labels}
 
 
+def _probe(path: str, *, period: int, timeout: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
 def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]:
-    """Return the Deployment of one version (image by digest, probes, restricted pod)."""
+    """Return the Deployment of one version (image by digest, probes, restricted pod).
+
+    Probes: readiness every 5 s with a 3 s timeout and 3 failures before the pod leaves the
+    endpoints (one slow answer under load must not drop it); liveness likewise, every 10 s;
+    a startup probe gives the model ``spec.pod.startup_s`` to load. On stop, a ``preStop``
+    wait of ``spec.pod.drain_s`` keeps the pod serving while endpoints and sidecars learn it
+    is going away; then the server drains (``MLSHIFT_GRACE_PERIOD_S``).
+    """
     labels = {"app": state.name, "version": spec.name}
     image = spec.image or f"mlshift.local/{state.name}:{spec.name}"
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2}
+    drain_s = max(0, math.ceil(spec.pod.drain_s))
     container: dict[str, Any] = {
         "name": "model",
         "image": image,
@@ -134,17 +152,14 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
             {"name": "MLSHIFT_MODEL_VERSION", "value": spec.name},
             {"name": "MLSHIFT_GRACE_PERIOD_S", "value": str(GRACE_PERIOD_S)},
         ],
-        "readinessProbe": {**probe, "failureThreshold": 1},
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "startupProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 2,
-            "failureThreshold": 60,
-        },
+        "readinessProbe": _probe("/v2/health/ready", period=5, timeout=3, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, timeout=5, failures=3),
+        "startupProbe": _probe(
+            "/v2/health/live",
+            period=STARTUP_PERIOD_S,
+            timeout=3,
+            failures=max(1, math.ceil(spec.pod.startup_s / STARTUP_PERIOD_S)),
+        ),
         "resources": {
             "requests": {
                 "cpu": spec.resources.cpu_request,
@@ -161,6 +176,11 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if drain_s:
+        # An exec of the image's own Python, not the kubelet's ``sleep`` action: that one
+        # needs Kubernetes 1.30, and a base image need not have /bin/sleep.
+        sleep = f"import time; time.sleep({drain_s})"
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["python", "-c", sleep]}}}
     annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(CONTAINER_PORT),
@@ -178,7 +198,7 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
             "template": {
                 "metadata": {"labels": {**labels, **MANAGED_BY}, "annotations": annotations},
                 "spec": {
-                    "terminationGracePeriodSeconds": GRACE_PERIOD_S + 5,
+                    "terminationGracePeriodSeconds": drain_s + GRACE_PERIOD_S + 5,
                     "automountServiceAccountToken": False,
                     "securityContext": {
                         "runAsNonRoot": True,

@@ -18,6 +18,7 @@ __all__ = [
     "EndpointState",
     "HeaderRoute",
     "Mirror",
+    "PodOptions",
     "Resources",
     "RoutePolicy",
     "TrafficState",
@@ -42,6 +43,21 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class PodOptions:
+    """How a version's pods start and stop on a cluster (the local target ignores these).
+
+    ``startup_s`` is how long the model may take to load before the kubelet restarts the
+    pod (a startup probe; large models need minutes). ``drain_s`` is how long a pod keeps
+    serving after it is told to stop, before the server drains: endpoints and sidecars
+    learn that a pod is going away a few seconds after it does, and an idle pod that quit at
+    once would meanwhile refuse the requests still routed to it.
+    """
+
+    startup_s: float = 120.0
+    drain_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class VersionSpec:
     """One model version: what serves it and where its bytes come from."""
 
@@ -53,6 +69,7 @@ class VersionSpec:
     """Bundle directory (local target)."""
     replicas: int = 1
     resources: Resources = field(default_factory=Resources)
+    pod: PodOptions = field(default_factory=PodOptions)
 
     def __post_init__(self) -> None:
         check_name(self.name, kind="version")
@@ -80,15 +97,18 @@ class Mirror:
 class RoutePolicy:
     """Timeout and retries of the managed route (Istio's HTTPRoute fields).
 
-    ``retry_on`` follows Istio's default, which retries connection failures within the
-    chosen subset only; 5xx answers from a model are not retried by default since a model
-    that fails on an input fails again.
+    ``retry_on`` is Istio's own default, which an explicit ``retryOn`` replaces rather than
+    extends: connection failures, and 503 (``retriable-status-codes`` with the code ``503``:
+    a pod that is starting or stopping), within the chosen subset. Other 5xx answers from a
+    model are not retried, since a model that fails on an input fails again.
     """
 
     timeout_s: float | None = 30.0
     attempts: int = 2
     per_try_timeout_s: float | None = None
-    retry_on: str = "connect-failure,refused-stream,unavailable,cancelled"
+    retry_on: str = (
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +208,7 @@ class EndpointState:
         for item in data.get("versions") or ():
             raw = dict(item)
             raw["resources"] = Resources(**(raw.get("resources") or {}))
+            raw["pod"] = PodOptions(**(raw.get("pod") or {}))
             versions.append(VersionSpec(**raw))
         return cls(
             name=data["name"],

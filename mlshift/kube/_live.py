@@ -18,7 +18,15 @@ from typing import Any
 
 from mlshift._durations import parse_duration
 from mlshift._render import MANAGED_ROUTE, is_managed_route
-from mlshift._state import HeaderRoute, Mirror, Resources, RoutePolicy, TrafficState, VersionSpec
+from mlshift._state import (
+    HeaderRoute,
+    Mirror,
+    PodOptions,
+    Resources,
+    RoutePolicy,
+    TrafficState,
+    VersionSpec,
+)
 
 __all__ = [
     "FATAL_REASONS",
@@ -385,6 +393,25 @@ def same_routes(
     return _same(managed, list(previous))
 
 
+def _pod_options(container: Mapping[str, Any]) -> PodOptions:
+    """The start/stop allowances a model container was rendered with (defaults if absent)."""
+    defaults = PodOptions()
+    startup = container.get("startupProbe") or {}
+    startup_s = defaults.startup_s
+    if startup:
+        startup_s = float(startup.get("periodSeconds") or 10) * float(
+            startup.get("failureThreshold") or 3
+        )
+    command = dig(container, "lifecycle", "preStop", "exec", "command") or []
+    drain_s = 0.0
+    if command:
+        try:
+            drain_s = float(str(command[-1]).rsplit("(", 1)[-1].rstrip(")"))
+        except ValueError:
+            drain_s = defaults.drain_s
+    return PodOptions(startup_s=startup_s, drain_s=drain_s)
+
+
 def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
     """Rebuild a version's spec from its live Deployment (image, model digest, size)."""
     version = str(dig(dep, "metadata", "labels", "version"))
@@ -405,6 +432,7 @@ def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
         image=container.get("image"),
         replicas=int(dig(dep, "spec", "replicas") or 1),
         resources=resources,
+        pod=_pod_options(container),
     )
 
 

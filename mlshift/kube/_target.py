@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from mlshift._durations import parse_duration
 from mlshift._exceptions import ConfigError
-from mlshift._state import Resources, VersionSpec
+from mlshift._state import PodOptions, Resources, VersionSpec
 from mlshift.kube._api import KubeAPI
 from mlshift.kube._config import SERVICE_ACCOUNT_DIR, ClusterConfig, KubeconfigArg, discover
 from mlshift.kube._engine import EngineSettings, KubernetesEngine
@@ -102,6 +102,10 @@ class Kubernetes:
             ``["istio-system/ingressgateway"]`` (default: the mesh only). Add ``"mesh"`` too
             to keep in-cluster callers routed.
         hosts: extra VirtualService hosts, e.g. the external host name of the gateway.
+        startup: how long a version's model may take to load before the kubelet restarts
+            its pod (a startup probe), e.g. ``"10m"`` for a large model; default ``"2m"``.
+        drain: how long a stopping pod keeps serving before it drains (a ``preStop`` wait
+            while endpoints and sidecars forget it); default ``"5s"``, ``0`` for none.
 
     Example:
         >>> import mlshift
@@ -132,6 +136,8 @@ class Kubernetes:
         service_account_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR,
         gateways: Sequence[str] = (),
         hosts: Sequence[str] = (),
+        startup: str | float = "2m",
+        drain: str | float = "5s",
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -159,6 +165,10 @@ class Kubernetes:
         self.service_account_dir = Path(service_account_dir)
         self.gateways = tuple(gateways)
         self.hosts = tuple(hosts)
+        self.pod = PodOptions(
+            startup_s=parse_duration(startup, what="startup"),
+            drain_s=parse_duration(drain, what="drain"),
+        )
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 
@@ -249,5 +259,9 @@ class Kubernetes:
                 progress=self.progress,
             )
         return VersionSpec(
-            name=version, model_sha256=bundle.sha256, image=image, resources=self.resources
+            name=version,
+            model_sha256=bundle.sha256,
+            image=image,
+            resources=self.resources,
+            pod=self.pod,
         )
