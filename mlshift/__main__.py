@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run the quickstart on the local target (about a minute)")
     rbac = sub.add_parser("rbac", help="print the minimal Role the SDK needs")
     rbac.add_argument("namespace")
+    for flag, what in (
+        ("--replicas", "PodDisruptionBudgets (versions with more than one pod)"),
+        ("--autoscale", "HorizontalPodAutoscalers (versions deployed with autoscale=)"),
+        ("--pod-monitor", "PodMonitors (Kubernetes(pod_monitor=True))"),
+    ):
+        rbac.add_argument(flag, action="store_true", help=f"also grant {what}")
     listing = sub.add_parser("list", help="print the endpoints on the local target, one a line")
     _add_target_options(listing)
     for name, helptext in _ENDPOINT_COMMANDS.items():
@@ -270,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
             from mlshift._render import to_yaml
             from mlshift.kube import rbac
 
-            sys.stdout.write(to_yaml(rbac(args.namespace)))
+            role = rbac(
+                args.namespace,
+                replicas=args.replicas,
+                autoscale=args.autoscale,
+                pod_monitor=args.pod_monitor,
+            )
+            sys.stdout.write(to_yaml(role))
             return 0
         if args.command == "list":
             return _list(args)

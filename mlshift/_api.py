@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from mlshift._endpoint import Endpoint
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from mlshift._display import Version
     from mlshift._engine import Target
     from mlshift._plan import Plan
+    from mlshift._state import Resources
 
 __all__ = ["current", "deploy", "endpoint"]
 
@@ -62,15 +64,34 @@ def deploy(
     *,
     sample: Any = ...,
     replicas: int = ...,
+    resources: Resources | Mapping[str, Any] | None = ...,
+    autoscale: tuple[int, int, int] | None = ...,
+    startup: str | float | None = ...,
     dry_run: Literal[False] = ...,
 ) -> Version: ...
 @overload
 def deploy(
-    model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: Literal[True]
+    model: Any,
+    version: str,
+    *,
+    sample: Any = ...,
+    replicas: int = ...,
+    resources: Resources | Mapping[str, Any] | None = ...,
+    autoscale: tuple[int, int, int] | None = ...,
+    startup: str | float | None = ...,
+    dry_run: Literal[True],
 ) -> Plan: ...
 @overload
 def deploy(
-    model: Any, version: str, *, sample: Any = ..., replicas: int = ..., dry_run: bool
+    model: Any,
+    version: str,
+    *,
+    sample: Any = ...,
+    replicas: int = ...,
+    resources: Resources | Mapping[str, Any] | None = ...,
+    autoscale: tuple[int, int, int] | None = ...,
+    startup: str | float | None = ...,
+    dry_run: bool,
 ) -> Version | Plan: ...
 def deploy(
     model: Any,
@@ -78,6 +99,9 @@ def deploy(
     *,
     sample: Any = None,
     replicas: int = 1,
+    resources: Resources | Mapping[str, Any] | None = None,
+    autoscale: tuple[int, int, int] | None = None,
+    startup: str | float | None = None,
     dry_run: bool = False,
 ) -> Version | Plan:
     """Deploy ``model`` as ``version`` on the current endpoint (see ``Endpoint.deploy``).
@@ -86,4 +110,13 @@ def deploy(
         >>> mlshift.endpoint("churn")  # doctest: +SKIP
         >>> mlshift.deploy(model_v2, "v2")  # doctest: +SKIP
     """
-    return current().deploy(model, version, sample=sample, replicas=replicas, dry_run=dry_run)
+    return current().deploy(
+        model,
+        version,
+        sample=sample,
+        replicas=replicas,
+        resources=resources,
+        autoscale=autoscale,
+        startup=startup,
+        dry_run=dry_run,
+    )

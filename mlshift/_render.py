@@ -13,13 +13,19 @@ Routes someone else added to a VirtualService are kept by ``merge_routes``.
 from __future__ import annotations
 
 import copy
-import json
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlshift._state import EndpointState, HeaderRoute, RoutePolicy, TrafficState, VersionSpec
+from mlshift._state import EndpointState, HeaderRoute, RoutePolicy, TrafficState
+from mlshift._workload import (
+    CONTAINER_PORT,
+    MANAGED_BY,
+    companions,
+    deployment_name,
+    object_meta,
+    render_deployment,
+)
 
 __all__ = [
     "MANAGED_BY",
@@ -30,29 +36,14 @@ __all__ = [
     "managed_routes",
     "merge_routes",
     "render",
+    "render_deployment",
     "to_yaml",
     "version_path_regex",
 ]
 
 MANAGED_ROUTE = "mlshift"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "mlshift"}
 SERVICE_PORT = 80
-CONTAINER_PORT = 8080
-GRACE_PERIOD_S = 20
-STARTUP_PERIOD_S = 5
 ISTIO_API = "networking.istio.io/v1"
-# Envoy's default latency buckets start at 0.5 ms and jump to 5 ms; a fast model needs finer.
-LATENCY_BUCKETS_MS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 10000]
-
-
-def deployment_name(endpoint: str, version: str) -> str:
-    """Return the Deployment name of a version (``<endpoint>-<version>``).
-
-    Example:
-        >>> deployment_name("churn", "v2")
-        'churn-v2'
-    """
-    return f"{endpoint}-{version}"
 
 
 def is_managed_route(route: Mapping[str, Any]) -> bool:
@@ -86,11 +77,19 @@ class Manifests:
     service: dict[str, Any]
     destination_rule: dict[str, Any]
     virtual_service: dict[str, Any]
+    companions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per version, what goes with its Deployment: a PodDisruptionBudget when it has more
+    than one pod, a HorizontalPodAutoscaler when it autoscales."""
 
     def all(self) -> list[dict[str, Any]]:
-        """Every object in apply order: Deployments, Service, DestinationRule, VirtualService."""
+        """Every object in apply order: each Deployment with its companions, the Service, the
+        DestinationRule, the VirtualService."""
         return [
-            *self.deployments.values(),
+            *(
+                obj
+                for version, dep in self.deployments.items()
+                for obj in (dep, *self.companions.get(version, ()))
+            ),
             self.service,
             self.destination_rule,
             self.virtual_service,
@@ -113,114 +112,12 @@ def _duration(seconds: float) -> str:
     return f"{text}s"
 
 
-def _meta(
-    state: EndpointState, name: str, extra: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    labels = {"app": state.name, **MANAGED_BY, **(extra or {})}
-    return {"name": name, "namespace": state.namespace, "labels": labels}
-
-
-def _probe(path: str, *, period: int, timeout: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": "http"},
-        "periodSeconds": period,
-        "timeoutSeconds": timeout,
-        "failureThreshold": failures,
-    }
-
-
-def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]:
-    """Return the Deployment of one version (image by digest, probes, restricted pod).
-
-    Probes: readiness every 5 s with a 3 s timeout and 3 failures before the pod leaves the
-    endpoints (one slow answer under load must not drop it); liveness likewise, every 10 s;
-    a startup probe gives the model ``spec.pod.startup_s`` to load. On stop, a ``preStop``
-    wait of ``spec.pod.drain_s`` keeps the pod serving while endpoints and sidecars learn it
-    is going away; then the server drains (``MLSHIFT_GRACE_PERIOD_S``).
-    """
-    labels = {"app": state.name, "version": spec.name}
-    image = spec.image or f"mlshift.local/{state.name}:{spec.name}"
-    drain_s = max(0, math.ceil(spec.pod.drain_s))
-    container: dict[str, Any] = {
-        "name": "model",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "env": [
-            {"name": "PORT", "value": str(CONTAINER_PORT)},
-            {"name": "MLSHIFT_MODEL_NAME", "value": state.name},
-            {"name": "MLSHIFT_MODEL_VERSION", "value": spec.name},
-            {"name": "MLSHIFT_GRACE_PERIOD_S", "value": str(GRACE_PERIOD_S)},
-        ],
-        "readinessProbe": _probe("/v2/health/ready", period=5, timeout=3, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period=10, timeout=5, failures=3),
-        "startupProbe": _probe(
-            "/v2/health/live",
-            period=STARTUP_PERIOD_S,
-            timeout=3,
-            failures=max(1, math.ceil(spec.pod.startup_s / STARTUP_PERIOD_S)),
-        ),
-        "resources": {
-            "requests": {
-                "cpu": spec.resources.cpu_request,
-                "memory": spec.resources.memory_request,
-            },
-            "limits": {"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    if drain_s:
-        # An exec of the image's own Python, not the kubelet's ``sleep`` action: that one
-        # needs Kubernetes 1.30, and a base image need not have /bin/sleep.
-        sleep = f"import time; time.sleep({drain_s})"
-        container["lifecycle"] = {"preStop": {"exec": {"command": ["python", "-c", sleep]}}}
-    annotations = {
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(CONTAINER_PORT),
-        "prometheus.io/path": "/metrics",
-        "sidecar.istio.io/statsHistogramBuckets": json.dumps({"istiocustom": LATENCY_BUCKETS_MS}),
-        "mlshift.io/model-sha256": spec.model_sha256,
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(state, deployment_name(state.name, spec.name), {"version": spec.name}),
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": {**labels, **MANAGED_BY}, "annotations": annotations},
-                "spec": {
-                    "terminationGracePeriodSeconds": drain_s + GRACE_PERIOD_S + 5,
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "fsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
-                },
-            },
-        },
-    }
-
-
 def render_service(state: EndpointState) -> dict[str, Any]:
     """Return the endpoint's Service: port 80 ``http`` to container port 8080."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": {
             "selector": {"app": state.name},
             "ports": [
@@ -243,7 +140,7 @@ def render_destination_rule(
     return {
         "apiVersion": ISTIO_API,
         "kind": "DestinationRule",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": {
             "host": state.name,
             "subsets": [{"name": v, "labels": {"version": v}} for v in names],
@@ -341,7 +238,7 @@ def render_virtual_service(
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": spec,
     }
 
@@ -360,4 +257,5 @@ def render(state: EndpointState) -> Manifests:
         service=render_service(state),
         destination_rule=render_destination_rule(state),
         virtual_service=render_virtual_service(state),
+        companions={v.name: companions(state, v) for v in state.versions},
     )

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mlshift._exceptions import ConfigError
 from mlshift._names import check_name
 
 __all__ = [
@@ -40,6 +41,35 @@ class Resources:
     cpu_limit: str = "2"
     memory_request: str = "512Mi"
     memory_limit: str = "1Gi"
+    gpus: int = 0
+    """NVIDIA GPUs per pod (``nvidia.com/gpu``, requested and limited alike)."""
+
+    def updated(self, changes: Resources | Mapping[str, Any] | None) -> Resources:
+        """Return a copy with the fields in ``changes`` set; a ``Resources`` replaces all.
+
+        Raises ``ConfigError`` for an unknown field.
+
+        Example:
+            >>> Resources().updated({"gpus": 1, "memory_limit": "16Gi"}).gpus
+            1
+        """
+        if changes is None:
+            return self
+        if isinstance(changes, Resources):
+            return changes
+        known = {f.name for f in dataclasses.fields(Resources)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown resources key(s) {', '.join(unknown)}; use {', '.join(sorted(known))},"
+                " e.g. resources={'cpu_request': '500m', 'memory_limit': '2Gi', 'gpus': 1}"
+            )
+        values: dict[str, Any] = {k: str(v) for k, v in changes.items() if k != "gpus"}
+        if "gpus" in changes:
+            values["gpus"] = int(changes["gpus"])
+            if values["gpus"] < 0:
+                raise ConfigError(f"gpus must be 0 or more, got {values['gpus']}")
+        return dataclasses.replace(self, **values)
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,15 @@ class PodOptions:
 
     startup_s: float = 120.0
     drain_s: float = 5.0
+    service_account: str | None = None
+    """The pods' ServiceAccount (its token is then mounted); None: no token at all."""
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets with the registry's credentials, for a private registry."""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """Node labels the pods must run on, e.g. ``{"cloud.google.com/gke-accelerator": ...}``."""
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Kubernetes tolerations, e.g. ``{"key": "nvidia.com/gpu", "operator": "Exists",
+    "effect": "NoSchedule"}`` for tainted GPU nodes."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +109,8 @@ class VersionSpec:
     replicas: int = 1
     resources: Resources = field(default_factory=Resources)
     pod: PodOptions = field(default_factory=PodOptions)
+    autoscale: tuple[int, int, int] | None = None
+    """``(min, max, target CPU %)`` for a HorizontalPodAutoscaler; None: ``replicas`` pods."""
 
     def __post_init__(self) -> None:
         check_name(self.name, kind="version")
@@ -208,7 +249,12 @@ class EndpointState:
         for item in data.get("versions") or ():
             raw = dict(item)
             raw["resources"] = Resources(**(raw.get("resources") or {}))
-            raw["pod"] = PodOptions(**(raw.get("pod") or {}))
+            pod = dict(raw.get("pod") or {})
+            pod["image_pull_secrets"] = tuple(pod.get("image_pull_secrets") or ())
+            pod["tolerations"] = tuple(pod.get("tolerations") or ())
+            raw["pod"] = PodOptions(**pod)
+            if raw.get("autoscale"):
+                raw["autoscale"] = tuple(raw["autoscale"])
             versions.append(VersionSpec(**raw))
         return cls(
             name=data["name"],

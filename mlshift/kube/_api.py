@@ -24,8 +24,10 @@ from mlshift._exceptions import APIConflictError, APIError, APINotFoundError
 from mlshift.kube._config import import_kubernetes
 
 __all__ = [
+    "AUTOSCALERS",
     "DEPLOYMENTS",
     "DESTINATION_RULES",
+    "DISRUPTION_BUDGETS",
     "EVENTS",
     "FIELD_MANAGER",
     "PODS",
@@ -72,6 +74,9 @@ PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
 DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
 VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
+# A version's companions (mlshift._workload), written only when it has more than one pod.
+DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 RESOURCES = {
     r.kind: r
     for r in (
@@ -82,6 +87,8 @@ RESOURCES = {
         EVENTS,
         DESTINATION_RULES,
         VIRTUAL_SERVICES,
+        DISRUPTION_BUDGETS,
+        AUTOSCALERS,
     )
 }
 

@@ -27,6 +27,7 @@ from mlshift._state import (
     TrafficState,
     VersionSpec,
 )
+from mlshift._workload import AUTOSCALE_ANNOTATION, GPU_RESOURCE
 
 __all__ = [
     "FATAL_REASONS",
@@ -393,8 +394,8 @@ def same_routes(
     return _same(managed, list(previous))
 
 
-def _pod_options(container: Mapping[str, Any]) -> PodOptions:
-    """The start/stop allowances a model container was rendered with (defaults if absent)."""
+def _pod_options(pod: Mapping[str, Any], container: Mapping[str, Any]) -> PodOptions:
+    """The pod options a version's pod template was rendered with (defaults if absent)."""
     defaults = PodOptions()
     startup = container.get("startupProbe") or {}
     startup_s = defaults.startup_s
@@ -409,7 +410,25 @@ def _pod_options(container: Mapping[str, Any]) -> PodOptions:
             drain_s = float(str(command[-1]).rsplit("(", 1)[-1].rstrip(")"))
         except ValueError:
             drain_s = defaults.drain_s
-    return PodOptions(startup_s=startup_s, drain_s=drain_s)
+    return PodOptions(
+        startup_s=startup_s,
+        drain_s=drain_s,
+        service_account=pod.get("serviceAccountName") or None,
+        image_pull_secrets=tuple(str(s.get("name")) for s in pod.get("imagePullSecrets") or ()),
+        node_selector=dict(pod.get("nodeSelector") or {}),
+        tolerations=tuple(dict(t) for t in pod.get("tolerations") or ()),
+    )
+
+
+def _autoscale(dep: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    text = dig(dep, "metadata", "annotations", AUTOSCALE_ANNOTATION)
+    try:
+        low, high, cpu = (int(part) for part in str(text).split(","))
+    except ValueError:
+        if text:
+            log.warning("ignoring an unreadable %s annotation %r", AUTOSCALE_ANNOTATION, text)
+        return None
+    return low, high, cpu
 
 
 def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
@@ -425,14 +444,18 @@ def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
         cpu_limit=str(dig(res, "limits", "cpu") or defaults.cpu_limit),
         memory_request=str(dig(res, "requests", "memory") or defaults.memory_request),
         memory_limit=str(dig(res, "limits", "memory") or defaults.memory_limit),
+        gpus=int(dig(res, "limits", GPU_RESOURCE) or 0),
     )
+    autoscale = _autoscale(dep)
     return VersionSpec(
         name=version,
         model_sha256=str(dig(template, "metadata", "annotations", SHA_ANNOTATION) or ""),
         image=container.get("image"),
-        replicas=int(dig(dep, "spec", "replicas") or 1),
+        # With an autoscaler, the live count is its doing; the spec holds its minimum.
+        replicas=autoscale[0] if autoscale else int(dig(dep, "spec", "replicas") or 1),
         resources=resources,
-        pod=_pod_options(container),
+        pod=_pod_options(dig(template, "spec") or {}, container),
+        autoscale=autoscale,
     )
 
 

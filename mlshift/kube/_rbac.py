@@ -16,6 +16,19 @@ destinationrules         get create patch delete    one subset per version (Isti
 virtualservices          get create patch delete    the weights; never ``update`` (PUT)
 =======================  =========================  ========================================
 
+Only when used (``rbac(..., replicas=True)`` etc.):
+
+=========================  =====================  ==========================================
+resource                   verbs                  why
+=========================  =====================  ==========================================
+poddisruptionbudgets       create patch delete    a version with ``replicas`` > 1 or
+(policy)                                          ``autoscale``
+horizontalpodautoscalers   create patch delete    a version deployed with ``autoscale=``
+(autoscaling)
+podmonitors                create patch delete    ``Kubernetes(pod_monitor=True)``
+(monitoring.coreos.com)
+=========================  =====================  ==========================================
+
 The same Role ships as ``mlshift/data/rbac.yaml`` (namespace ``default``; a test keeps the
 two in step). Nothing cluster-wide is needed.
 """
@@ -45,30 +58,59 @@ RULES: list[dict[str, Any]] = [
 ]
 
 
+WRITE = ["create", "patch", "delete"]
+REPLICA_RULE = {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": WRITE}
+AUTOSCALE_RULE = {
+    "apiGroups": ["autoscaling"],
+    "resources": ["horizontalpodautoscalers"],
+    "verbs": WRITE,
+}
+POD_MONITOR_RULE = {
+    "apiGroups": ["monitoring.coreos.com"],
+    "resources": ["podmonitors"],
+    "verbs": WRITE,
+}
+
+
 def rbac(
     namespace: str,
     *,
     name: str = "mlshift",
     service_account: str | None = None,
+    replicas: bool = False,
+    autoscale: bool = False,
+    pod_monitor: bool = False,
 ) -> list[dict[str, Any]]:
     """Return a Role with the verbs the SDK uses in ``namespace`` and a RoleBinding for it.
 
     The RoleBinding grants the Role to the ServiceAccount ``service_account`` (default:
     ``name``) of the same namespace; edit its ``subjects`` to bind a user or group instead.
+    ``replicas=True`` adds PodDisruptionBudgets (versions with more than one pod),
+    ``autoscale=True`` HorizontalPodAutoscalers too, ``pod_monitor=True`` the Prometheus
+    Operator's PodMonitors (``Kubernetes(pod_monitor=True)``).
 
     Example:
         >>> role, binding = rbac("ml")
         >>> role["kind"], binding["roleRef"]["name"]
         ('Role', 'mlshift')
+        >>> [r["resources"][0] for r in rbac("ml", autoscale=True)[0]["rules"][-2:]]
+        ['poddisruptionbudgets', 'horizontalpodautoscalers']
     """
     check_name(namespace, kind="namespace")
     check_name(name, kind="Role name")
+    rules = list(RULES)
+    if replicas or autoscale:  # an autoscaled version may run several pods
+        rules.append(REPLICA_RULE)
+    if autoscale:
+        rules.append(AUTOSCALE_RULE)
+    if pod_monitor:
+        rules.append(POD_MONITOR_RULE)
     labels = {"app.kubernetes.io/managed-by": "mlshift"}
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "rules": [{key: list(values) for key, values in rule.items()} for rule in RULES],
+        "rules": [{key: list(values) for key, values in rule.items()} for rule in rules],
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",

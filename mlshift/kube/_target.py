@@ -27,12 +27,11 @@ An argument given explicitly always wins over its environment variable.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlshift._durations import parse_duration
 from mlshift._exceptions import ConfigError
@@ -58,17 +57,8 @@ def _flag(value: str | None) -> bool | None:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _resources(value: Resources | Mapping[str, str] | None) -> Resources:
-    if value is None or isinstance(value, Resources):
-        return value or Resources()
-    known = {f.name for f in dataclasses.fields(Resources)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown resources key(s) {', '.join(unknown)}; use {', '.join(sorted(known))},"
-            " e.g. resources={'cpu_request': '500m', 'memory_limit': '2Gi'}"
-        )
-    return Resources(**{k: str(v) for k, v in value.items()})
+def _resources(value: Resources | Mapping[str, Any] | None) -> Resources:
+    return Resources().updated(value)
 
 
 class Kubernetes:
@@ -89,7 +79,8 @@ class Kubernetes:
         rollout_timeout: how long a version may take to become ready (``"90s"``, seconds);
             default ``$MLSHIFT_ROLLOUT_TIMEOUT``, else ``"5m"``.
         resources: default requests/limits for every version (``Resources`` or a dict of its
-            fields).
+            fields, ``gpus`` for ``nvidia.com/gpu``); ``ep.deploy(..., resources=...)``
+            changes them for one version.
         insecure_registry: allow plain HTTP to the registry (default: only for loopback).
         prometheus_token: a bearer token for Prometheus (default
             ``$MLSHIFT_PROMETHEUS_TOKEN``).
@@ -106,6 +97,11 @@ class Kubernetes:
             its pod (a startup probe), e.g. ``"10m"`` for a large model; default ``"2m"``.
         drain: how long a stopping pod keeps serving before it drains (a ``preStop`` wait
             while endpoints and sidecars forget it); default ``"5s"``, ``0`` for none.
+        service_account: the ServiceAccount the model pods run as (its token is mounted);
+            default none and no token.
+        image_pull_secrets: names of Secrets with the registry's credentials.
+        node_selector: node labels the pods must run on.
+        tolerations: Kubernetes tolerations for tainted (e.g. GPU) nodes, as dicts.
 
     Example:
         >>> import mlshift
@@ -127,7 +123,7 @@ class Kubernetes:
         *,
         base_image: str | None = None,
         rollout_timeout: str | float | None = None,
-        resources: Resources | Mapping[str, str] | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
         insecure_registry: bool | None = None,
         prometheus_token: str | None = None,
         prometheus_headers: Mapping[str, str] | None = None,
@@ -138,6 +134,10 @@ class Kubernetes:
         hosts: Sequence[str] = (),
         startup: str | float = "2m",
         drain: str | float = "5s",
+        service_account: str | None = None,
+        image_pull_secrets: Sequence[str] = (),
+        node_selector: Mapping[str, str] | None = None,
+        tolerations: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -168,6 +168,10 @@ class Kubernetes:
         self.pod = PodOptions(
             startup_s=parse_duration(startup, what="startup"),
             drain_s=parse_duration(drain, what="drain"),
+            service_account=service_account,
+            image_pull_secrets=tuple(image_pull_secrets),
+            node_selector=dict(node_selector or {}),
+            tolerations=tuple(dict(t) for t in tolerations),
         )
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
