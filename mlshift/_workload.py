@@ -21,6 +21,7 @@ __all__ = [
     "CONTAINER_PORT",
     "GPU_RESOURCE",
     "MANAGED_BY",
+    "PLACEHOLDER_DIGEST",
     "companions",
     "deployment_name",
     "object_meta",
@@ -35,6 +36,9 @@ GRACE_PERIOD_S = 20
 STARTUP_PERIOD_S = 5
 GPU_RESOURCE = "nvidia.com/gpu"
 AUTOSCALE_ANNOTATION = "mlshift.io/autoscale"
+PLACEHOLDER_DIGEST = "sha256:<resolved-at-deploy>"
+"""The digest of an image a dry run names but has not built: ``<repo>:<tag>@`` this."""
+PLACEHOLDER_ANNOTATION = "mlshift.io/image-placeholder"
 # Envoy's default latency buckets start at 0.5 ms and jump to 5 ms; a fast model needs finer.
 LATENCY_BUCKETS_MS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 10000]
 
@@ -163,11 +167,22 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
         "mlshift.io/model-sha256": spec.model_sha256,
     }
     meta = object_meta(state, deployment_name(state.name, spec.name), {"version": spec.name})
+    notes: dict[str, str] = {}
+    if image.endswith("@" + PLACEHOLDER_DIGEST):
+        # A dry run built nothing, so there is no digest to pin yet; the reference is made
+        # one no kubelet pulls (InvalidImageName), so applying it as is fails loudly
+        # instead of running whatever a mutable tag points at.
+        notes[PLACEHOLDER_ANNOTATION] = (
+            f"dry run: {image.split('@')[0]} is not built yet; deploy() pushes it and pins"
+            " the image to its digest"
+        )
     deployment_spec: dict[str, Any] = {}
     if spec.autoscale:
-        meta["annotations"] = {AUTOSCALE_ANNOTATION: ",".join(map(str, spec.autoscale))}
+        notes[AUTOSCALE_ANNOTATION] = ",".join(map(str, spec.autoscale))
     else:
         deployment_spec["replicas"] = spec.replicas
+    if notes:
+        meta["annotations"] = notes
     deployment_spec["selector"] = {"matchLabels": labels}
     deployment_spec["template"] = {
         "metadata": {"labels": {**labels, **MANAGED_BY}, "annotations": annotations},

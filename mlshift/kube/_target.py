@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from mlshift._durations import parse_duration
 from mlshift._exceptions import ConfigError
 from mlshift._state import PodOptions, Resources, VersionSpec
+from mlshift._workload import PLACEHOLDER_DIGEST
 from mlshift.kube._api import KubeAPI
 from mlshift.kube._config import SERVICE_ACCOUNT_DIR, ClusterConfig, KubeconfigArg, discover
 from mlshift.kube._engine import EngineSettings, KubernetesEngine
@@ -242,16 +243,20 @@ class Kubernetes:
     ) -> VersionSpec:
         """Build and push the version's image; in a dry run only name the tag it would push.
 
+        Nothing is built in a dry run, so there is no digest: the image is the tag with the
+        placeholder digest ``sha256:<resolved-at-deploy>``, which no kubelet pulls, and the
+        rendered Deployment says so in an annotation.
+
         Example:
             >>> spec = target.prepare_version(info, "churn", "v2", dry_run=True)  # doctest: +SKIP
             >>> spec.image  # doctest: +SKIP
-            'registry.example.com/ml/churn:churn-v2'
+            'registry.example.com/ml/churn:churn-v2@sha256:<resolved-at-deploy>'
         """
         from mlshift.image import build_image, image_tag
 
         repository = self.repository(endpoint)
         if dry_run:
-            image = image_tag(repository, endpoint, version)
+            image = f"{image_tag(repository, endpoint, version)}@{PLACEHOLDER_DIGEST}"
         else:
             image = build_image(
                 bundle,

@@ -178,7 +178,7 @@ def test_target_builds_with_no_cluster_and_names_the_dry_run_image(tmp_path: Pat
     )
     info = BundleInfo(path=tmp_path, sha256="ab" * 32, flavor="sklearn", serializer="skops")
     spec = target.prepare_version(info, "churn", "v2", dry_run=True)
-    assert spec.image == "registry.example.com/ml/churn:churn-v2"
+    assert spec.image == "registry.example.com/ml/churn:churn-v2@sha256:<resolved-at-deploy>"
     assert (spec.model_sha256, spec.resources.cpu_limit) == ("ab" * 32, "4")
     assert repr(target) == "<Kubernetes namespace=ml registry=registry.example.com/ml>"
 

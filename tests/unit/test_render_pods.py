@@ -79,3 +79,26 @@ def test_target_options_reach_the_deployment_and_read_back(tmp_path: Path) -> No
     dep = render_deployment(_state(spec), spec)
     assert version_from_deployment(dep).pod == spec.pod
     assert version_from_deployment(dep) == spec
+
+
+def test_dry_run_image_is_a_marked_placeholder_no_kubelet_pulls(tmp_path: Path) -> None:
+    """A dry run has no digest: the tag it would push, a placeholder digest, and a note."""
+    import yaml
+
+    from mlshift.kube._live import FATAL_REASONS
+
+    target = Kubernetes(namespace="ml", registry="r.example.com/ml")
+    info = BundleInfo(path=tmp_path, sha256="a" * 64, flavor="sklearn", serializer="skops")
+    spec = target.prepare_version(info, "churn", "v1", dry_run=True)
+    assert spec.image == "r.example.com/ml/churn:churn-v1@sha256:<resolved-at-deploy>"
+    text = render(_state(spec)).to_yaml()
+    dep = next(d for d in yaml.safe_load_all(text) if d["kind"] == "Deployment")
+    assert _container(dep)["image"] == spec.image
+    note = dep["metadata"]["annotations"]["mlshift.io/image-placeholder"]
+    assert "r.example.com/ml/churn:churn-v1 is not built yet" in note
+    # Not a pullable reference: a kubelet answers InvalidImageName, which mlshift reports.
+    assert "InvalidImageName" in FATAL_REASONS
+    digest = spec.image.rsplit("@", 1)[1]
+    assert not digest.removeprefix("sha256:").isalnum()
+    built = VersionSpec("v1", image=f"r.example.com/ml/churn@sha256:{'b' * 64}")
+    assert "annotations" not in render_deployment(_state(built), built)["metadata"]
