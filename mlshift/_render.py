@@ -39,6 +39,7 @@ __all__ = [
     "render_deployment",
     "to_yaml",
     "version_path_regex",
+    "vs_gateways",
 ]
 
 MANAGED_ROUTE = "mlshift"
@@ -225,6 +226,21 @@ def merge_routes(
     return [*foreign[:before], *(dict(m) for m in managed), *foreign[before:]]
 
 
+def vs_gateways(gateways: Iterable[str]) -> list[str]:
+    """The VirtualService's gateways: those given, and always ``mesh`` with them.
+
+    Naming any gateway replaces Istio's default (``mesh`` only), and without ``mesh`` the
+    sidecars of in-cluster callers ignore the routes: they would reach every version
+    through the Service, whatever the weights.
+
+    Example:
+        >>> vs_gateways(["istio-system/public"])
+        ['istio-system/public', 'mesh']
+    """
+    out = list(dict.fromkeys(gateways))
+    return [*out, "mesh"] if out and "mesh" not in out else out
+
+
 def render_virtual_service(
     state: EndpointState, traffic: TrafficState | None = None
 ) -> dict[str, Any]:
@@ -234,7 +250,7 @@ def render_virtual_service(
         "http": managed_routes(state, traffic),
     }
     if state.gateways:
-        spec["gateways"] = list(state.gateways)
+        spec["gateways"] = vs_gateways(state.gateways)
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",

@@ -85,6 +85,8 @@ class PodOptions:
 
     startup_s: float = 120.0
     drain_s: float = 5.0
+    sidecar: bool = True
+    """Label the pods ``sidecar.istio.io/inject: "true"`` (False in an ambient namespace)."""
     service_account: str | None = None
     """The pods' ServiceAccount (its token is then mounted); None: no token at all."""
     image_pull_secrets: tuple[str, ...] = ()

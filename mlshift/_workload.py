@@ -20,6 +20,7 @@ __all__ = [
     "AUTOSCALE_ANNOTATION",
     "CONTAINER_PORT",
     "GPU_RESOURCE",
+    "INJECT_LABEL",
     "MANAGED_BY",
     "PLACEHOLDER_DIGEST",
     "companions",
@@ -36,6 +37,7 @@ GRACE_PERIOD_S = 20
 STARTUP_PERIOD_S = 5
 GPU_RESOURCE = "nvidia.com/gpu"
 AUTOSCALE_ANNOTATION = "mlshift.io/autoscale"
+INJECT_LABEL = "sidecar.istio.io/inject"
 PLACEHOLDER_DIGEST = "sha256:<resolved-at-deploy>"
 """The digest of an image a dry run names but has not built: ``<repo>:<tag>@`` this."""
 PLACEHOLDER_ANNOTATION = "mlshift.io/image-placeholder"
@@ -184,8 +186,13 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
     if notes:
         meta["annotations"] = notes
     deployment_spec["selector"] = {"matchLabels": labels}
+    pod_labels = {**labels, **MANAGED_BY}
+    if spec.pod.sidecar:
+        # Istio's injector also honours this pod label where the namespace is not labelled
+        # (its object selector); only a proxy beside the pod reports its requests.
+        pod_labels[INJECT_LABEL] = "true"
     deployment_spec["template"] = {
-        "metadata": {"labels": {**labels, **MANAGED_BY}, "annotations": annotations},
+        "metadata": {"labels": pod_labels, "annotations": annotations},
         "spec": _pod_spec(spec, container, drain_s),
     }
     return {

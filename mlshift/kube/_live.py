@@ -27,7 +27,7 @@ from mlshift._state import (
     TrafficState,
     VersionSpec,
 )
-from mlshift._workload import AUTOSCALE_ANNOTATION, GPU_RESOURCE
+from mlshift._workload import AUTOSCALE_ANNOTATION, GPU_RESOURCE, INJECT_LABEL
 
 __all__ = [
     "FATAL_REASONS",
@@ -40,6 +40,7 @@ __all__ = [
     "history_from_annotation",
     "history_to_annotation",
     "latest_warning",
+    "mesh_warning",
     "pod_problem",
     "rollout_observed",
     "rollout_progress",
@@ -268,6 +269,52 @@ def pod_problem(pods: Iterable[Mapping[str, Any]]) -> tuple[str, bool]:
     return slow, False
 
 
+PROXY_CONTAINER = "istio-proxy"
+AMBIENT_ANNOTATION = "ambient.istio.io/redirection"
+
+
+def _has_proxy(pod: Mapping[str, Any]) -> bool:
+    spec = dig(pod, "spec") or {}
+    # A native sidecar (Kubernetes 1.29+, Istio 1.19+) is an init container.
+    containers = [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]
+    return any(c.get("name") == PROXY_CONTAINER for c in containers)
+
+
+def mesh_warning(pods: Iterable[Mapping[str, Any]], namespace: str) -> str:
+    """Why traffic to these pods may ignore the weights ("" when each has its proxy).
+
+    A pod without Istio's sidecar means injection is off where it runs: its requests go
+    unreported (``reporter="destination"``: ``ep.metrics()`` misses them), and callers in
+    the same place, without sidecars of their own, reach every version through the Service,
+    whatever the weights. In ambient mode (the CNI's redirection annotation) the weights apply
+    only through a waypoint proxy, which mlshift cannot see from its namespaced Role.
+
+    Example:
+        >>> mesh_warning([{"metadata": {"name": "p"}, "spec": {"containers": [
+        ...     {"name": "model"}]}}], "ml")[:40]
+        'pod p runs without the istio-proxy sidec'
+    """
+    live = [p for p in pods if not dig(p, "metadata", "deletionTimestamp")]
+    bare = [p for p in live if not _has_proxy(p)]
+    if not bare:
+        return ""
+    name = dig(bare[0], "metadata", "name") or "?"
+    if all(dig(p, "metadata", "annotations", AMBIENT_ANNOTATION) == "enabled" for p in bare):
+        return (
+            f"pod {name} is in Istio ambient mode: weights apply only through a waypoint"
+            f" proxy; check `kubectl get ns {namespace} -L istio.io/use-waypoint` (or the"
+            " Service's label), and prefer Gateway API routing there"
+        )
+    others = f" (and {len(bare) - 1} more)" if len(bare) > 1 else ""
+    return (
+        f"pod {name}{others} runs without the istio-proxy sidecar: callers without a"
+        " sidecar reach every version through the Service, ignoring the weights, and its"
+        f" requests are missing from ep.metrics(). Enable injection (`kubectl label namespace"
+        f" {namespace} istio-injection=enabled`, or check the injector webhook) and deploy"
+        " again, or route through a gateway"
+    )
+
+
 def _duration_s(text: object) -> float | None:
     if not text:
         return None
@@ -394,8 +441,9 @@ def same_routes(
     return _same(managed, list(previous))
 
 
-def _pod_options(pod: Mapping[str, Any], container: Mapping[str, Any]) -> PodOptions:
+def _pod_options(template: Mapping[str, Any], container: Mapping[str, Any]) -> PodOptions:
     """The pod options a version's pod template was rendered with (defaults if absent)."""
+    pod = dig(template, "spec") or {}
     defaults = PodOptions()
     startup = container.get("startupProbe") or {}
     startup_s = defaults.startup_s
@@ -417,6 +465,7 @@ def _pod_options(pod: Mapping[str, Any], container: Mapping[str, Any]) -> PodOpt
         image_pull_secrets=tuple(str(s.get("name")) for s in pod.get("imagePullSecrets") or ()),
         node_selector=dict(pod.get("nodeSelector") or {}),
         tolerations=tuple(dict(t) for t in pod.get("tolerations") or ()),
+        sidecar=str(dig(template, "metadata", "labels", INJECT_LABEL) or "") == "true",
     )
 
 
@@ -454,7 +503,7 @@ def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
         # With an autoscaler, the live count is its doing; the spec holds its minimum.
         replicas=autoscale[0] if autoscale else int(dig(dep, "spec", "replicas") or 1),
         resources=resources,
-        pod=_pod_options(dig(template, "spec") or {}, container),
+        pod=_pod_options(template, container),
         autoscale=autoscale,
     )
 

@@ -91,8 +91,8 @@ class Kubernetes:
         poll_interval: seconds between rollout checks.
         service_account_dir: where the in-cluster service account files are.
         gateways: Istio gateways the VirtualService binds to, e.g.
-            ``["istio-system/ingressgateway"]`` (default: the mesh only). Add ``"mesh"`` too
-            to keep in-cluster callers routed.
+            ``["istio-system/ingressgateway"]`` (default: the mesh only); ``"mesh"`` is
+            always added, so in-cluster callers stay routed.
         hosts: extra VirtualService hosts, e.g. the external host name of the gateway.
         startup: how long a version's model may take to load before the kubelet restarts
             its pod (a startup probe), e.g. ``"10m"`` for a large model; default ``"2m"``.
@@ -103,6 +103,8 @@ class Kubernetes:
         image_pull_secrets: names of Secrets with the registry's credentials.
         node_selector: node labels the pods must run on.
         tolerations: Kubernetes tolerations for tainted (e.g. GPU) nodes, as dicts.
+        sidecar: label the pods for Istio's sidecar injection (default); ``False`` in an
+            ambient namespace. ``ep.status()`` warns when a pod runs without a proxy.
 
     Example:
         >>> import mlshift
@@ -139,6 +141,7 @@ class Kubernetes:
         image_pull_secrets: Sequence[str] = (),
         node_selector: Mapping[str, str] | None = None,
         tolerations: Sequence[Mapping[str, Any]] = (),
+        sidecar: bool = True,
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -173,6 +176,7 @@ class Kubernetes:
             image_pull_secrets=tuple(image_pull_secrets),
             node_selector=dict(node_selector or {}),
             tolerations=tuple(dict(t) for t in tolerations),
+            sidecar=sidecar,
         )
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None

@@ -1,0 +1,66 @@
+"""Traffic that would silently ignore the weights, found from the objects alone.
+
+Pods are labelled for sidecar injection; naming gateways always keeps ``mesh`` (else the
+sidecars of in-cluster callers ignore the routes); a pod without its ``istio-proxy`` (a
+sidecar container or a native-sidecar init container) gives a warning that names the pod
+and the fix, an ambient pod a warning about waypoints; terminating pods do not count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlshift._render import render, vs_gateways
+from mlshift._state import EndpointState, PodOptions, VersionSpec
+from mlshift.kube._live import mesh_warning, version_from_deployment
+
+
+def _pod(name: str, *containers: str, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, **meta},
+        "spec": {"containers": [{"name": c} for c in containers]},
+    }
+
+
+def test_pods_are_labelled_for_injection_unless_ambient() -> None:
+    state = EndpointState("churn", "ml").with_version(VersionSpec("v1"))
+    dep = render(state).deployments["v1"]
+    assert dep["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "true"
+    assert version_from_deployment(dep).pod.sidecar is True
+    ambient = VersionSpec("v1", pod=PodOptions(sidecar=False))
+    dep = render(EndpointState("churn", "ml").with_version(ambient)).deployments["v1"]
+    assert "sidecar.istio.io/inject" not in dep["spec"]["template"]["metadata"]["labels"]
+    assert version_from_deployment(dep).pod.sidecar is False
+
+
+def test_gateways_always_keep_the_mesh() -> None:
+    state = EndpointState("churn", "ml", gateways=("istio-system/public",)).with_version(
+        VersionSpec("v1")
+    )
+    assert render(state).virtual_service["spec"]["gateways"] == ["istio-system/public", "mesh"]
+    assert vs_gateways(["mesh", "gw"]) == ["mesh", "gw"]
+    assert vs_gateways([]) == []
+    plain = EndpointState("churn", "ml").with_version(VersionSpec("v1"))
+    assert "gateways" not in render(plain).virtual_service["spec"]  # Istio's default: mesh
+
+
+def test_pods_without_proxy_are_named_with_the_fix() -> None:
+    assert mesh_warning([_pod("a", "model", "istio-proxy")], "ml") == ""
+    native = {"metadata": {"name": "n"}, "spec": {"containers": [{"name": "model"}],
+              "initContainers": [{"name": "istio-proxy"}]}}  # fmt: skip
+    assert mesh_warning([native], "ml") == ""
+    text = mesh_warning([_pod("a", "model", "istio-proxy"), _pod("b", "model")], "ml")
+    assert text.startswith("pod b runs without the istio-proxy sidecar")
+    assert "ignoring the weights" in text
+    assert "kubectl label namespace ml istio-injection=enabled" in text
+    many = mesh_warning([_pod("b", "model"), _pod("c", "model")], "ml")
+    assert "pod b (and 1 more)" in many
+    leaving = _pod("d", "model", deletionTimestamp="2026-01-01T00:00:00Z")
+    assert mesh_warning([leaving], "ml") == ""
+
+
+def test_ambient_pods_get_the_waypoint_warning() -> None:
+    pod = _pod("a", "model", annotations={"ambient.istio.io/redirection": "enabled"})
+    text = mesh_warning([pod], "ml")
+    assert "ambient" in text
+    assert "istio.io/use-waypoint" in text
