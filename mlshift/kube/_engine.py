@@ -70,6 +70,7 @@ from mlshift.kube._live import (
     dig,
     history_from_annotation,
     history_to_annotation,
+    host_conflicts,
     latest_warning,
     mesh_warning,
     pod_problem,
@@ -231,10 +232,16 @@ class KubernetesEngine:
         if not ready:
             return status
         pods = self.api.list_objects(PODS, state.namespace, {"app": state.name})
+        conflicts = host_conflicts(
+            self.api.list_objects(VIRTUAL_SERVICES, state.namespace),
+            name=state.name,
+            namespace=state.namespace,
+            hosts=[state.name, *state.hosts],
+        )
         out = dict(status)
         for version in ready:
             mine = [p for p in pods if dig(p, "metadata", "labels", "version") == version]
-            warning = mesh_warning(mine, state.namespace)
+            warning = "; ".join(w for w in (mesh_warning(mine, state.namespace), conflicts) if w)
             if warning:
                 out[version] = dataclasses.replace(out[version], warning=warning)
                 if warning not in self._warned:

@@ -39,6 +39,7 @@ __all__ = [
     "dig",
     "history_from_annotation",
     "history_to_annotation",
+    "host_conflicts",
     "latest_warning",
     "mesh_warning",
     "pod_problem",
@@ -313,6 +314,68 @@ def mesh_warning(pods: Iterable[Mapping[str, Any]], namespace: str) -> str:
         f" {namespace} istio-injection=enabled`, or check the injector webhook) and deploy"
         " again, or route through a gateway"
     )
+
+
+def _host_names(host: str, namespace: str) -> set[str]:
+    """The names a VirtualService host means: a short name is resolved in its namespace."""
+    host = host.strip().lower()
+    parts = host.split(".")
+    if len(parts) == 1:
+        parts = [host, namespace]
+    if len(parts) == 2 or (len(parts) == 3 and parts[2] == "svc"):
+        service = f"{parts[0]}.{parts[1]}"
+        return {service, f"{service}.svc", f"{service}.svc.cluster.local"}
+    return {host}
+
+
+def host_conflicts(
+    virtual_services: Iterable[Mapping[str, Any]],
+    *,
+    name: str,
+    namespace: str,
+    hosts: Iterable[str],
+) -> str:
+    """Name the other VirtualServices that claim one of the endpoint's hosts ("" if none).
+
+    For sidecars Istio does not merge VirtualServices of one host: the oldest wins and the
+    others are ignored. An older one means mlshift's weights do nothing; a newer one is
+    ignored itself, which its owner should know.
+
+    Example:
+        >>> old = {"metadata": {"name": "legacy", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        ...        "spec": {"hosts": ["churn.ml.svc.cluster.local"]}}
+        >>> host_conflicts([old], name="churn", namespace="ml", hosts=["churn"])[:46]
+        'VirtualService ml/legacy also claims host churn'
+    """
+    wanted = {h: _host_names(h, namespace) for h in hosts}
+    ours = next((v for v in virtual_services if dig(v, "metadata", "name") == name), None)
+    our_time = str(dig(ours, "metadata", "creationTimestamp") or "")
+    problems = []
+    for vs in virtual_services:
+        other = str(dig(vs, "metadata", "name") or "")
+        if other == name or dig(vs, "metadata", "deletionTimestamp"):
+            continue
+        theirs = set().union(
+            *(_host_names(str(h), namespace) for h in dig(vs, "spec", "hosts") or ())
+        )
+        shared = [h for h, names in wanted.items() if names & theirs]
+        if not shared:
+            continue
+        when = str(dig(vs, "metadata", "creationTimestamp") or "")
+        # RFC 3339 in UTC sorts as text; a VirtualService not created yet is the newest.
+        if not our_time or (when and when < our_time):
+            problems.append(
+                f"VirtualService {namespace}/{other} also claims host {', '.join(shared)} and"
+                " is older: Istio applies its routes, so mlshift's weights do nothing. Remove"
+                f" the host from it (kubectl -n {namespace} edit virtualservice {other})"
+            )
+        else:
+            problems.append(
+                f"VirtualService {namespace}/{other} also claims host {', '.join(shared)}:"
+                " Istio keeps the oldest (mlshift's) and ignores its routes. Remove the host"
+                " from it"
+            )
+    return "; ".join(problems)
 
 
 def _duration_s(text: object) -> float | None:

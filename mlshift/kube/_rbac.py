@@ -13,7 +13,8 @@ replicasets (apps)       list                       which pods belong to the new
 pods, events             list                       say why a version is not ready
 services                 create patch delete        the endpoint's Service
 destinationrules         get create patch delete    one subset per version (Istio)
-virtualservices          get create patch delete    the weights; never ``update`` (PUT)
+virtualservices          get list create patch      the weights, never ``update`` (PUT); list:
+                         delete                     another one claiming the endpoint's host
 =======================  =========================  ========================================
 
 Only when used (``rbac(..., replicas=True)`` etc.):
@@ -52,8 +53,13 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
     {
         "apiGroups": ["networking.istio.io"],
-        "resources": ["destinationrules", "virtualservices"],
+        "resources": ["destinationrules"],
         "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["networking.istio.io"],
+        "resources": ["virtualservices"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
     },
 ]
 

@@ -67,3 +67,29 @@ def test_pods_without_proxy_warn_in_status_and_log(
     assert "kubectl label namespace ml istio-injection=enabled" in warning
     logged = [r for r in caplog.records if "istio-proxy" in r.getMessage()]
     assert len(logged) == 1  # said once, not at every status() call
+
+
+def test_an_older_virtual_service_on_the_host_is_a_warning(kube_emulator: KubeEmulator) -> None:
+    kube_emulator.put(
+        VS,
+        "legacy",
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {
+                "name": "legacy",
+                "namespace": "ml",
+                "creationTimestamp": "2020-01-01T00:00:00Z",
+            },
+            "spec": {
+                "hosts": ["churn.ml.svc.cluster.local"],
+                "http": [{"route": [{"destination": {"host": "churn"}}]}],
+            },
+        },
+    )
+    engine = _target(kube_emulator).engine("churn")
+    state = EndpointState("churn", "ml").with_version(_spec("v1"))
+    engine.execute(plan_change(None, state))
+    warning = engine.status(state)["v1"].warning
+    assert "VirtualService ml/legacy also claims host churn and is older" in warning
+    assert "runs without" not in warning  # the pods have their proxies

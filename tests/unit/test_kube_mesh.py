@@ -12,7 +12,7 @@ from typing import Any
 
 from mlshift._render import render, vs_gateways
 from mlshift._state import EndpointState, PodOptions, VersionSpec
-from mlshift.kube._live import mesh_warning, version_from_deployment
+from mlshift.kube._live import host_conflicts, mesh_warning, version_from_deployment
 
 
 def _pod(name: str, *containers: str, **meta: Any) -> dict[str, Any]:
@@ -64,3 +64,27 @@ def test_ambient_pods_get_the_waypoint_warning() -> None:
     text = mesh_warning([pod], "ml")
     assert "ambient" in text
     assert "istio.io/use-waypoint" in text
+
+
+def _vs(name: str, created: str, *hosts: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": created},
+        "spec": {"hosts": list(hosts)},
+    }
+
+
+def test_an_older_virtual_service_on_the_host_is_named() -> None:
+    ours = _vs("churn", "2026-02-01T00:00:00Z", "churn", "churn.example.com")
+    older = _vs("legacy", "2025-06-01T00:00:00Z", "churn.ml.svc.cluster.local")
+    newer = _vs("late", "2026-03-01T00:00:00Z", "churn.example.com")
+    elsewhere = _vs("other", "2025-01-01T00:00:00Z", "churn.prod.svc.cluster.local", "fraud")
+    args = {"name": "churn", "namespace": "ml", "hosts": ["churn", "churn.example.com"]}
+    text = host_conflicts([ours, older, newer, elsewhere], **args)  # type: ignore[arg-type]
+    first, second = text.split("; ")
+    assert first.startswith("VirtualService ml/legacy also claims host churn and is older")
+    assert "mlshift's weights do nothing" in first
+    assert second.startswith("VirtualService ml/late also claims host churn.example.com:")
+    assert "ignores its routes" in second
+    assert host_conflicts([ours, elsewhere], **args) == ""  # type: ignore[arg-type]
+    # Before mlshift's exists, any other claimant is the older one.
+    assert "is older" in host_conflicts([newer], **args)  # type: ignore[arg-type]

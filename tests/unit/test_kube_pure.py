@@ -60,6 +60,13 @@ def test_rbac_grants_exactly_the_verbs_used() -> None:
     assert verbs[("apps", "replicasets")] == verbs[("", "events")] == {"list"}
     assert verbs[("networking.istio.io", "virtualservices")] == {
         "get",
+        "list",
+        "create",
+        "patch",
+        "delete",
+    }
+    assert verbs[("networking.istio.io", "destinationrules")] == {
+        "get",
         "create",
         "patch",
         "delete",
