@@ -87,6 +87,10 @@ class PodOptions:
     drain_s: float = 5.0
     sidecar: bool = True
     """Label the pods ``sidecar.istio.io/inject: "true"`` (False in an ambient namespace)."""
+    pod_monitor: bool = False
+    """Write a Prometheus Operator ``PodMonitor`` for the pods (it ignores annotations)."""
+    scrape_interval_s: float = 15.0
+    """How often Prometheus scrapes the pods (the PodMonitor's ``interval``)."""
     service_account: str | None = None
     """The pods' ServiceAccount (its token is then mounted); None: no token at all."""
     image_pull_secrets: tuple[str, ...] = ()

@@ -4,7 +4,8 @@ A version is a Deployment ``<endpoint>-<version>`` (image by digest, probes, a p
 passes the "restricted" Pod Security profile) and, when it outgrows one pod, a
 PodDisruptionBudget (at most one pod evicted at a time, so a node drain never takes the
 whole version down) and, with ``autoscale``, a HorizontalPodAutoscaler that owns its
-replica count. ``mlshift._render`` puts these next to the endpoint's routing objects.
+replica count; with ``pod_monitor``, a Prometheus Operator PodMonitor. ``mlshift._render``
+puts these next to the endpoint's routing objects.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ __all__ = [
     "INJECT_LABEL",
     "MANAGED_BY",
     "PLACEHOLDER_DIGEST",
+    "POD_MONITOR_ANNOTATION",
     "companions",
     "deployment_name",
     "object_meta",
     "render_autoscaler",
     "render_deployment",
     "render_disruption_budget",
+    "render_pod_monitor",
 ]
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "mlshift"}
@@ -38,6 +41,7 @@ STARTUP_PERIOD_S = 5
 GPU_RESOURCE = "nvidia.com/gpu"
 AUTOSCALE_ANNOTATION = "mlshift.io/autoscale"
 INJECT_LABEL = "sidecar.istio.io/inject"
+POD_MONITOR_ANNOTATION = "mlshift.io/pod-monitor"
 PLACEHOLDER_DIGEST = "sha256:<resolved-at-deploy>"
 """The digest of an image a dry run names but has not built: ``<repo>:<tag>@`` this."""
 PLACEHOLDER_ANNOTATION = "mlshift.io/image-placeholder"
@@ -178,6 +182,8 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
             f"dry run: {image.split('@')[0]} is not built yet; deploy() pushes it and pins"
             " the image to its digest"
         )
+    if spec.pod.pod_monitor:
+        notes[POD_MONITOR_ANNOTATION] = _interval(spec.pod.scrape_interval_s)
     deployment_spec: dict[str, Any] = {}
     if spec.autoscale:
         notes[AUTOSCALE_ANNOTATION] = ",".join(map(str, spec.autoscale))
@@ -251,9 +257,51 @@ def render_autoscaler(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
     }
 
 
+def _interval(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds))}s"
+
+
+def render_pod_monitor(state: EndpointState, spec: VersionSpec) -> dict[str, Any]:
+    """Return the version's Prometheus Operator ``PodMonitor``.
+
+    The Operator ignores ``prometheus.io/*`` annotations. With a sidecar, Istio rewrites
+    them to its agent's merged endpoint (port 15020, ``/stats/prometheus``: Istio's request
+    metrics and the model server's own), so the monitor selects the sidecar's named port
+    and moves the address to the annotated port, as Istio's own example does.
+    """
+    name = deployment_name(state.name, spec.name)
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": object_meta(state, name, {"version": spec.name}),
+        "spec": {
+            "selector": {"matchLabels": {"app": state.name, "version": spec.name}},
+            "podMetricsEndpoints": [
+                {
+                    "port": "http-envoy-prom",
+                    "path": "/stats/prometheus",
+                    "interval": _interval(spec.pod.scrape_interval_s),
+                    "relabelings": [
+                        {
+                            "action": "replace",
+                            "sourceLabels": [
+                                "__address__",
+                                "__meta_kubernetes_pod_annotation_prometheus_io_port",
+                            ],
+                            "regex": r"([^:]+)(?::\d+)?;(\d+)",
+                            "replacement": "$1:$2",
+                            "targetLabel": "__address__",
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
 def companions(state: EndpointState, spec: VersionSpec) -> list[dict[str, Any]]:
     """What goes with a version's Deployment: a PodDisruptionBudget when it may run more
-    than one pod, a HorizontalPodAutoscaler when it autoscales.
+    than one pod, a HorizontalPodAutoscaler when it autoscales, a PodMonitor when asked.
 
     Example:
         >>> from mlshift._state import VersionSpec
@@ -266,4 +314,6 @@ def companions(state: EndpointState, spec: VersionSpec) -> list[dict[str, Any]]:
         out.append(render_disruption_budget(state, spec))
     if spec.autoscale:
         out.append(render_autoscaler(state, spec))
+    if spec.pod.pod_monitor:
+        out.append(render_pod_monitor(state, spec))
     return out

@@ -31,6 +31,7 @@ __all__ = [
     "EVENTS",
     "FIELD_MANAGER",
     "PODS",
+    "POD_MONITORS",
     "REPLICA_SETS",
     "RESOURCES",
     "SERVICES",
@@ -77,6 +78,7 @@ VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices", "Vir
 # A version's companions (mlshift._workload), written only when it has more than one pod.
 DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+POD_MONITORS = Resource("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor")
 RESOURCES = {
     r.kind: r
     for r in (
@@ -89,6 +91,7 @@ RESOURCES = {
         VIRTUAL_SERVICES,
         DISRUPTION_BUDGETS,
         AUTOSCALERS,
+        POD_MONITORS,
     )
 }
 

@@ -110,6 +110,8 @@ class EngineSettings:
     """A bearer token for Prometheus (sent as ``Authorization: Bearer ...``)."""
     prometheus_headers: Mapping[str, str] | None = None
     """Extra HTTP headers for Prometheus (a tenant header, a proxy's auth)."""
+    scrape_interval: float = 15.0
+    """Seconds between Prometheus's scrapes of the pods; sizes the ``rate()`` windows."""
 
 
 class KubernetesEngine:
@@ -265,6 +267,7 @@ class KubernetesEngine:
             namespace=state.namespace,
             since=since,
             step=step,
+            scrape_interval=self.settings.scrape_interval,
             token=self.settings.prometheus_token,
             headers=self.settings.prometheus_headers,
         )

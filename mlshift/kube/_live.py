@@ -27,7 +27,12 @@ from mlshift._state import (
     TrafficState,
     VersionSpec,
 )
-from mlshift._workload import AUTOSCALE_ANNOTATION, GPU_RESOURCE, INJECT_LABEL
+from mlshift._workload import (
+    AUTOSCALE_ANNOTATION,
+    GPU_RESOURCE,
+    INJECT_LABEL,
+    POD_MONITOR_ANNOTATION,
+)
 
 __all__ = [
     "FATAL_REASONS",
@@ -504,7 +509,20 @@ def same_routes(
     return _same(managed, list(previous))
 
 
-def _pod_options(template: Mapping[str, Any], container: Mapping[str, Any]) -> PodOptions:
+def _monitoring(dep: Mapping[str, Any]) -> dict[str, Any]:
+    interval = dig(dep, "metadata", "annotations", POD_MONITOR_ANNOTATION)
+    if not interval:
+        return {}
+    try:
+        return {"pod_monitor": True, "scrape_interval_s": parse_duration(str(interval))}
+    except ValueError:
+        log.warning("ignoring an unreadable %s annotation %r", POD_MONITOR_ANNOTATION, interval)
+        return {"pod_monitor": True}
+
+
+def _pod_options(
+    dep: Mapping[str, Any], template: Mapping[str, Any], container: Mapping[str, Any]
+) -> PodOptions:
     """The pod options a version's pod template was rendered with (defaults if absent)."""
     pod = dig(template, "spec") or {}
     defaults = PodOptions()
@@ -529,6 +547,7 @@ def _pod_options(template: Mapping[str, Any], container: Mapping[str, Any]) -> P
         node_selector=dict(pod.get("nodeSelector") or {}),
         tolerations=tuple(dict(t) for t in pod.get("tolerations") or ()),
         sidecar=str(dig(template, "metadata", "labels", INJECT_LABEL) or "") == "true",
+        **_monitoring(dep),
     )
 
 
@@ -566,7 +585,7 @@ def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
         # With an autoscaler, the live count is its doing; the spec holds its minimum.
         replicas=autoscale[0] if autoscale else int(dig(dep, "spec", "replicas") or 1),
         resources=resources,
-        pod=_pod_options(template, container),
+        pod=_pod_options(dep, template, container),
         autoscale=autoscale,
     )
 

@@ -19,6 +19,7 @@ argument                   environment variable                          default
 ``prometheus_token``       ``MLSHIFT_PROMETHEUS_TOKEN``                  none
 ``prometheus_headers``     (none)                                        none
 ``rollout_timeout``        ``MLSHIFT_ROLLOUT_TIMEOUT``                   ``"5m"``
+``scrape_interval``        ``MLSHIFT_SCRAPE_INTERVAL``                   ``"15s"``
 ``insecure_registry``      ``MLSHIFT_INSECURE_REGISTRY`` (``1``/``0``)   loopback only
 =========================  ============================================  =======================
 
@@ -50,6 +51,7 @@ log = logging.getLogger("mlshift.kube")
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus.istio-system:9090"
 DEFAULT_ROLLOUT_TIMEOUT = "5m"
+DEFAULT_SCRAPE_INTERVAL = "15s"  # Istio's Prometheus addon; kube-prometheus-stack: 30s
 
 
 def _flag(value: str | None) -> bool | None:
@@ -105,6 +107,12 @@ class Kubernetes:
         tolerations: Kubernetes tolerations for tainted (e.g. GPU) nodes, as dicts.
         sidecar: label the pods for Istio's sidecar injection (default); ``False`` in an
             ambient namespace. ``ep.status()`` warns when a pod runs without a proxy.
+        scrape_interval: how often Prometheus scrapes the pods (Istio's addon ``"15s"``,
+            kube-prometheus-stack ``"30s"``); metrics' ``rate()`` windows span at least four
+            scrapes, so a slower scrape never gives empty numbers.
+        pod_monitor: also write a Prometheus Operator ``PodMonitor`` per version (the
+            Operator ignores ``prometheus.io/*`` annotations), scraping at
+            ``scrape_interval``.
 
     Example:
         >>> import mlshift
@@ -142,6 +150,8 @@ class Kubernetes:
         node_selector: Mapping[str, str] | None = None,
         tolerations: Sequence[Mapping[str, Any]] = (),
         sidecar: bool = True,
+        scrape_interval: str | float | None = None,
+        pod_monitor: bool = False,
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -169,6 +179,12 @@ class Kubernetes:
         self.service_account_dir = Path(service_account_dir)
         self.gateways = tuple(gateways)
         self.hosts = tuple(hosts)
+        if scrape_interval is None:
+            scrape_interval = env.get("MLSHIFT_SCRAPE_INTERVAL") or DEFAULT_SCRAPE_INTERVAL
+        self.scrape_interval = parse_duration(scrape_interval, what="scrape_interval")
+        if self.scrape_interval <= 0:
+            raise ConfigError(f"scrape_interval must be positive, got {scrape_interval!r}")
+        self.pod_monitor = pod_monitor
         self.pod = PodOptions(
             startup_s=parse_duration(startup, what="startup"),
             drain_s=parse_duration(drain, what="drain"),
@@ -177,6 +193,9 @@ class Kubernetes:
             node_selector=dict(node_selector or {}),
             tolerations=tuple(dict(t) for t in tolerations),
             sidecar=sidecar,
+            pod_monitor=pod_monitor,
+            # Only a PodMonitor carries it; otherwise the engine sizes windows from it.
+            scrape_interval_s=self.scrape_interval if pod_monitor else PodOptions.scrape_interval_s,
         )
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
@@ -230,6 +249,7 @@ class Kubernetes:
             prometheus_url=self.prometheus_url,
             prometheus_token=self.prometheus_token,
             prometheus_headers=self.prometheus_headers,
+            scrape_interval=self.scrape_interval,
         )
         return KubernetesEngine(endpoint, self.api, settings)
 

@@ -84,3 +84,30 @@ def test_autoscaled_version_gets_its_companions_and_loses_them(
     }
     missing = kube_emulator.run(used) - granted
     assert missing == set()
+
+
+def test_pod_monitor_is_written_with_the_version_and_deleted_with_it(
+    kube_emulator: KubeEmulator,
+) -> None:
+    target = Kubernetes(
+        kubeconfig=str(kube_emulator.kubeconfig),
+        registry="registry.test/ml",
+        progress=False,
+        poll_interval=0.02,
+        rollout_timeout=10,
+        pod_monitor=True,
+        scrape_interval="30s",
+    )
+    assert target.pod.pod_monitor
+    assert target.pod.scrape_interval_s == 30.0
+    engine = target.engine("churn")
+    one = EndpointState("churn", "ml").with_version(_spec("v1", pod=target.pod))
+    engine.execute(plan_change(None, one))
+    monitor = kube_emulator.obj("monitoring.coreos.com/v1/podmonitors", "churn-v1")
+    assert monitor is not None
+    assert monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "30s"
+    loaded = engine.load("churn")
+    assert loaded is not None
+    assert loaded[0].version("v1") == one.version("v1")  # the monitor is read back too
+    engine.execute(plan_delete(loaded[0]))
+    assert kube_emulator.obj("monitoring.coreos.com/v1/podmonitors", "churn-v1") is None
