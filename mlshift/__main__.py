@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlshift._exceptions import MlshiftError, UnsupportedError
+from mlshift._exceptions import InvalidArgumentError, MlshiftError, UnsupportedError
 
 if TYPE_CHECKING:
     from mlshift._endpoint import Endpoint
@@ -111,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("model", metavar="MODEL", help=MODEL_HELP)
             cmd.add_argument("--sample", metavar="FILE", default=None, help=SAMPLE_HELP)
             cmd.add_argument("--replicas", type=int, default=1)
+            cmd.add_argument(
+                "--autoscale",
+                metavar="MIN,MAX,CPU",
+                default=None,
+                help="a HorizontalPodAutoscaler: min and max pods, target CPU %% (2,8,70)",
+            )
+            cmd.add_argument(
+                "--startup", default=None, help="how long the model may take to load (15m)"
+            )
         if name == "shift":
             cmd.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         if name in ("promote", "remove"):
@@ -120,6 +129,18 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--step", default="10s", help="row interval (10s)")
         _add_target_options(cmd)
     return parser
+
+
+def _autoscale(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        low, high, cpu = (int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"--autoscale must be MIN,MAX,CPU (e.g. 2,8,70), got {text!r}"
+        ) from exc
+    return low, high, cpu
 
 
 # ---------------------------------------------------------------- models and samples
@@ -227,7 +248,14 @@ def _run(ep: Endpoint, args: argparse.Namespace) -> str:
     if command == "deploy":
         model = _load_model(Path(args.model))
         sample = _load_sample(Path(args.sample)) if args.sample else None
-        ep.deploy(model, args.version, sample=sample, replicas=args.replicas)
+        ep.deploy(
+            model,
+            args.version,
+            sample=sample,
+            replicas=args.replicas,
+            autoscale=_autoscale(args.autoscale),
+            startup=args.startup,
+        )
         return f"deployed {args.version} of {ep.name} at {ep.url}\n" + _status(ep)
     if command == "render":
         return str(ep.render())
