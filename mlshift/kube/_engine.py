@@ -70,9 +70,7 @@ from mlshift.kube._live import (
     dig,
     history_from_annotation,
     history_to_annotation,
-    host_conflicts,
     latest_warning,
-    mesh_warning,
     pod_problem,
     rollout_observed,
     rollout_progress,
@@ -80,6 +78,7 @@ from mlshift.kube._live import (
     same_routes,
     version_from_deployment,
 )
+from mlshift.kube._mesh import host_conflicts, mesh_warning
 
 if TYPE_CHECKING:
     import pandas as pd

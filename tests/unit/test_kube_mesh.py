@@ -12,7 +12,8 @@ from typing import Any
 
 from mlshift._render import render, vs_gateways
 from mlshift._state import EndpointState, PodOptions, VersionSpec
-from mlshift.kube._live import host_conflicts, mesh_warning, version_from_deployment
+from mlshift.kube._live import version_from_deployment
+from mlshift.kube._mesh import host_conflicts, mesh_warning
 
 
 def _pod(name: str, *containers: str, **meta: Any) -> dict[str, Any]:
