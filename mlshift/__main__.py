@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlshift._exceptions import MlshiftError, UnsupportedError
+from mlshift._exceptions import InvalidArgumentError, MlshiftError, UnsupportedError
 
 if TYPE_CHECKING:
     from mlshift._endpoint import Endpoint
@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="grant only what this routing uses (default: auto, both)",
     )
+    for flag, what in (
+        ("--replicas", "PodDisruptionBudgets (versions with more than one pod)"),
+        ("--autoscale", "HorizontalPodAutoscalers (versions deployed with autoscale=)"),
+        ("--pod-monitor", "PodMonitors (Kubernetes(pod_monitor=True))"),
+    ):
+        rbac.add_argument(flag, action="store_true", help=f"also grant {what}")
     listing = sub.add_parser("list", help="print the endpoints on the local target, one a line")
     _add_target_options(listing)
     for name, helptext in _ENDPOINT_COMMANDS.items():
@@ -117,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
                 help="the model is a class of your own, stored with cloudpickle (which runs"
                 " its code when loaded): say you trust it",
             )
+            cmd.add_argument(
+                "--autoscale",
+                metavar="MIN,MAX,CPU",
+                default=None,
+                help="a HorizontalPodAutoscaler: min and max pods, target CPU %% (2,8,70)",
+            )
+            cmd.add_argument(
+                "--startup", default=None, help="how long the model may take to load (15m)"
+            )
         if name == "shift":
             cmd.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         if name in ("promote", "remove"):
@@ -126,6 +141,18 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--step", default="10s", help="row interval (10s)")
         _add_target_options(cmd)
     return parser
+
+
+def _autoscale(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        low, high, cpu = (int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"--autoscale must be MIN,MAX,CPU (e.g. 2,8,70), got {text!r}"
+        ) from exc
+    return low, high, cpu
 
 
 # ---------------------------------------------------------------- models and samples
@@ -239,6 +266,8 @@ def _run(ep: Endpoint, args: argparse.Namespace) -> str:
             sample=sample,
             replicas=args.replicas,
             trust_pickle=args.trust_pickle,
+            autoscale=_autoscale(args.autoscale),
+            startup=args.startup,
         )
         return f"deployed {args.version} of {ep.name} at {ep.url}\n" + _status(ep)
     if command == "render":
@@ -288,7 +317,14 @@ def main(argv: list[str] | None = None) -> int:
             from mlshift._render import to_yaml
             from mlshift.kube import rbac
 
-            sys.stdout.write(to_yaml(rbac(args.namespace, routing=args.routing)))
+            role = rbac(
+                args.namespace,
+                routing=args.routing,
+                replicas=args.replicas,
+                autoscale=args.autoscale,
+                pod_monitor=args.pod_monitor,
+            )
+            sys.stdout.write(to_yaml(role))
             return 0
         if args.command == "list":
             return _list(args)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from mlshift._endpoint import Endpoint
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from mlshift._display import Version
     from mlshift._engine import Target
     from mlshift._plan import Plan
+    from mlshift._state import Resources
 
 __all__ = ["current", "deploy", "endpoint"]
 
@@ -63,6 +65,9 @@ def deploy(
     sample: Any = ...,
     replicas: int = ...,
     trust_pickle: bool = ...,
+    resources: Resources | Mapping[str, Any] | None = ...,
+    autoscale: tuple[int, int, int] | None = ...,
+    startup: str | float | None = ...,
     dry_run: Literal[False] = ...,
 ) -> Version: ...
 @overload
@@ -73,6 +78,9 @@ def deploy(
     sample: Any = ...,
     replicas: int = ...,
     trust_pickle: bool = ...,
+    resources: Resources | Mapping[str, Any] | None = ...,
+    autoscale: tuple[int, int, int] | None = ...,
+    startup: str | float | None = ...,
     dry_run: Literal[True],
 ) -> Plan: ...
 @overload
@@ -83,6 +91,9 @@ def deploy(
     sample: Any = ...,
     replicas: int = ...,
     trust_pickle: bool = ...,
+    resources: Resources | Mapping[str, Any] | None = ...,
+    autoscale: tuple[int, int, int] | None = ...,
+    startup: str | float | None = ...,
     dry_run: bool,
 ) -> Version | Plan: ...
 def deploy(
@@ -92,6 +103,9 @@ def deploy(
     sample: Any = None,
     replicas: int = 1,
     trust_pickle: bool = False,
+    resources: Resources | Mapping[str, Any] | None = None,
+    autoscale: tuple[int, int, int] | None = None,
+    startup: str | float | None = None,
     dry_run: bool = False,
 ) -> Version | Plan:
     """Deploy ``model`` as ``version`` on the current endpoint (see ``Endpoint.deploy``).
@@ -107,5 +121,8 @@ def deploy(
         sample=sample,
         replicas=replicas,
         trust_pickle=trust_pickle,
+        resources=resources,
+        autoscale=autoscale,
+        startup=startup,
         dry_run=dry_run,
     )

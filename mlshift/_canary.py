@@ -29,13 +29,15 @@ __all__ = ["CanaryResult", "Gate", "Verdict", "canary", "judge", "run_canary"]
 log = logging.getLogger("mlshift.canary")
 Verdict = Literal["pass", "fail", "inconclusive"]
 _TIME_DTYPE: Final = "datetime64[ns, UTC]"  # the timestamp dtype of every mlshift frame
+MESH_HINT = "no healthy pod, connection failures or timeouts; see ep.status()"
 
 
 @dataclass(frozen=True)
 class Gate:
     """Health limits for a canary.
 
-    ``max_error_rate`` is the share of 5xx answers (0.01 = 1 %); ``max_p99_ms`` the p99
+    ``max_error_rate`` is the share of 5xx answers (0.01 = 1 %), the version's own and those
+    the mesh made on the way to it (``mesh_errors``); ``max_p99_ms`` the p99
     latency limit (None: not checked); ``min_requests`` how many requests an interval needs
     before its numbers count (fewer is inconclusive).
     """
@@ -60,9 +62,13 @@ def judge(frame: pd.DataFrame, version: str, gate: Gate) -> tuple[Verdict, str]:
     if requests < gate.min_requests:
         return "inconclusive", f"{requests:.0f} requests (< {gate.min_requests}): no verdict yet"
     errors = float(rows["errors"].fillna(0).sum())
-    rate = errors / requests
+    # 5xx the mesh made on the way (no healthy upstream, timeouts) never reached the version
+    # and are not in its requests either: callers saw them, so they count against it.
+    mesh = float(rows["mesh_errors"].fillna(0).sum()) if "mesh_errors" in rows else 0.0
+    rate = (errors + mesh) / (requests + mesh)
     if rate > gate.max_error_rate:
-        return "fail", f"error rate {rate:.1%} > {gate.max_error_rate:.1%}"
+        detail = f" ({mesh:.0f} of them made by the mesh: {MESH_HINT})" if mesh else ""
+        return "fail", f"error rate {rate:.1%} > {gate.max_error_rate:.1%}{detail}"
     if gate.max_p99_ms is not None:
         p99 = float(rows["p99_ms"].max())
         if not math.isnan(p99) and p99 > gate.max_p99_ms:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from mlshift._durations import parse_duration
 from mlshift._exceptions import (
     APIError,
     ConfigError,
@@ -27,7 +29,7 @@ from mlshift._exceptions import (
 from mlshift._names import check_name, next_name
 from mlshift._plan import Plan, plan_delete
 from mlshift._reader import Seen
-from mlshift._state import EndpointState
+from mlshift._state import EndpointState, Resources
 from mlshift._traffic import TrafficVerbs, retry_on_conflict
 
 if TYPE_CHECKING:
@@ -38,6 +40,29 @@ if TYPE_CHECKING:
 __all__ = ["Endpoint"]
 
 log = logging.getLogger("mlshift")
+
+
+def _autoscale(value: tuple[int, int, int] | None, replicas: int) -> tuple[int, int, int] | None:
+    """Check ``autoscale=(min, max, target CPU %)``; it replaces ``replicas``."""
+    if value is None:
+        return None
+    try:
+        low, high, cpu = (int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"autoscale must be (min, max, target_cpu_percent), got {value!r}; e.g. (2, 8, 70)"
+        ) from exc
+    if not 1 <= low <= high or cpu < 1:
+        raise InvalidArgumentError(
+            f"autoscale needs 1 <= min <= max and a target CPU % of 1 or more, got {value!r};"
+            " e.g. (2, 8, 70)"
+        )
+    if replicas != 1:
+        raise InvalidArgumentError(
+            f"pass replicas={replicas} or autoscale={value!r}, not both: the autoscaler"
+            " decides the number of pods"
+        )
+    return low, high, cpu
 
 
 class Endpoint(TrafficVerbs):
@@ -69,6 +94,9 @@ class Endpoint(TrafficVerbs):
         sample: Any = ...,
         replicas: int = ...,
         trust_pickle: bool = ...,
+        resources: Resources | Mapping[str, Any] | None = ...,
+        autoscale: tuple[int, int, int] | None = ...,
+        startup: str | float | None = ...,
         dry_run: Literal[False] = ...,
     ) -> Version: ...
     @overload
@@ -80,6 +108,9 @@ class Endpoint(TrafficVerbs):
         sample: Any = ...,
         replicas: int = ...,
         trust_pickle: bool = ...,
+        resources: Resources | Mapping[str, Any] | None = ...,
+        autoscale: tuple[int, int, int] | None = ...,
+        startup: str | float | None = ...,
         dry_run: Literal[True],
     ) -> Plan: ...
     @overload
@@ -91,6 +122,9 @@ class Endpoint(TrafficVerbs):
         sample: Any = ...,
         replicas: int = ...,
         trust_pickle: bool = ...,
+        resources: Resources | Mapping[str, Any] | None = ...,
+        autoscale: tuple[int, int, int] | None = ...,
+        startup: str | float | None = ...,
         dry_run: bool,
     ) -> Version | Plan: ...
     @retry_on_conflict
@@ -102,6 +136,9 @@ class Endpoint(TrafficVerbs):
         sample: Any = None,
         replicas: int = 1,
         trust_pickle: bool = False,
+        resources: Resources | Mapping[str, Any] | None = None,
+        autoscale: tuple[int, int, int] | None = None,
+        startup: str | float | None = None,
         dry_run: bool = False,
     ) -> Version | Plan:
         """Deploy ``model`` as a new version: the first takes 100 %, later ones 0 %.
@@ -116,15 +153,23 @@ class Endpoint(TrafficVerbs):
         refused before anything is written). It is recorded in the bundle, and only then is
         the version's model_server started with ``--trust-pickle``.
 
+        On a cluster, this version's pods can differ from the target's defaults: ``replicas``
+        pods (a PodDisruptionBudget keeps all but one through node drains), or
+        ``autoscale=(min, max, target_cpu_percent)`` for a HorizontalPodAutoscaler;
+        ``resources`` changes some requests/limits (``{"gpus": 1, "memory_limit": "16Gi"}``);
+        ``startup`` is how long the model may take to load (``"15m"``).
+
         Example:
             >>> v1 = ep.deploy(model, "v1", sample=X_test[:5])  # doctest: +SKIP
             >>> v2 = ep.deploy(my_model, "v2", trust_pickle=True)  # doctest: +SKIP
+            >>> ep.deploy(big, "v3", resources={"gpus": 1}, autoscale=(2, 8, 70))  # doctest: +SKIP
         """
         from mlshift._bundle import as_bundle
 
         check_name(version, kind="version")
         if replicas < 1:
             raise InvalidArgumentError(f"replicas must be at least 1, got {replicas}")
+        scale = _autoscale(autoscale, replicas)
         seen = self._base(dry_run=dry_run)
         old = seen.state
         with tempfile.TemporaryDirectory(prefix="mlshift-bundle-") as tmp:
@@ -147,7 +192,21 @@ class Endpoint(TrafficVerbs):
                     return self.versions[version]
             spec = self.target.prepare_version(bundle, self.name, version, dry_run=dry_run)
         trusted = spec.trust_pickle or (trust_pickle and bundle.serializer == "cloudpickle")
-        spec = dataclasses.replace(spec, replicas=replicas, trust_pickle=trusted)
+        try:
+            sized = spec.resources.updated(resources)
+        except ConfigError as exc:
+            raise InvalidArgumentError(str(exc)) from exc
+        pod = spec.pod
+        if startup is not None:
+            pod = dataclasses.replace(pod, startup_s=parse_duration(startup, what="startup"))
+        spec = dataclasses.replace(
+            spec,
+            replicas=scale[0] if scale else replicas,
+            resources=sized,
+            pod=pod,
+            autoscale=scale,
+            trust_pickle=trusted,
+        )
         base = old or EndpointState(
             self.name,
             namespace=self.target.namespace(),

@@ -51,6 +51,9 @@ class VersionStatus:
     ready_replicas: int = 0
     address: str = ""
     """Where the version's server answers directly (local: http://127.0.0.1:PORT)."""
+    warning: str = ""
+    """Why traffic to it may not follow the weights (no sidecar, another VirtualService
+    claiming the host), even though it is ready; empty when nothing is wrong."""
 
 
 class Engine(Protocol):

@@ -11,6 +11,10 @@ in the local mesh) ends in the same tidy ``pandas.DataFrame``, one row per (time
     error_rate  errors / requests, NaN when there were no requests
     p50_ms, p95_ms, p99_ms   latency quantiles (ms) from histogram buckets, NaN without observations
     share       this version's part of all requests in the interval (0-1), NaN when none
+    mesh_errors 5xx the mesh made itself on the way to the version (no healthy upstream,
+                connection failure, timeout, no route), which the version never saw, so
+                ``errors`` misses them; NaN where the source cannot tell them apart (the
+                local router counts them in ``errors`` already)
 
 "No data" is NaN, never 0, so a canary gate can call it inconclusive instead of healthy.
 
@@ -56,6 +60,7 @@ FRAME_COLUMNS = [
     "p95_ms",
     "p99_ms",
     "share",
+    "mesh_errors",
 ]
 FLOAT_COLUMNS = FRAME_COLUMNS[2:]
 _TIMESTAMP_DTYPE: Final = "datetime64[ns, UTC]"

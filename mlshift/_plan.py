@@ -22,7 +22,8 @@ from mlshift._render import (
     render_service,
     to_yaml,
 )
-from mlshift._state import EndpointState, TrafficState
+from mlshift._state import EndpointState, TrafficState, VersionSpec
+from mlshift._workload import companions
 
 __all__ = [
     "HISTORY_LIMIT",
@@ -152,6 +153,8 @@ def plan_change(
             name = deployment_name(new.name, spec.name)
             steps.append(Step("apply", "Deployment", name, render_deployment(new, spec), spec.name))
             steps.append(Step("wait-ready", "Deployment", name, None, spec.name))
+            # Once it is ready: a rollout that fails leaves no autoscaler or budget behind.
+            steps += [Step("apply", o["kind"], name, o, spec.name) for o in companions(new, spec)]
     if old is None:
         steps.append(Step("apply", "Service", new.name, render_service(new)))
     old_names = list(before)
@@ -166,9 +169,18 @@ def plan_change(
     if removed:
         steps.append(Step("apply", "DestinationRule", new.name, render_destination_rule(new)))
         for version in removed:
-            name = deployment_name(new.name, version)
-            steps.append(Step("delete", "Deployment", name, None, version))
+            steps += _delete_version(new, before[version])
     return Plan(new, tuple(steps), tuple(history))
+
+
+def _delete_version(state: EndpointState, spec: VersionSpec) -> list[Step]:
+    """Delete a version's autoscaler and disruption budget, then its Deployment."""
+    name = deployment_name(state.name, spec.name)
+    steps = [
+        Step("delete", obj["kind"], name, None, spec.name)
+        for obj in reversed(companions(state, spec))
+    ]
+    return [*steps, Step("delete", "Deployment", name, None, spec.name)]
 
 
 def plan_delete(state: EndpointState) -> Plan:
@@ -181,10 +193,7 @@ def plan_delete(state: EndpointState) -> Plan:
         Step("delete", "VirtualService", state.name),
         Step("delete", "DestinationRule", state.name),
         Step("delete", "Service", state.name),
-        *(
-            Step("delete", "Deployment", deployment_name(state.name, v), None, v)
-            for v in state.version_names
-        ),
+        *(step for spec in state.versions for step in _delete_version(state, spec)),
     ]
     return Plan(state, tuple(steps))
 
@@ -194,12 +203,13 @@ def extend_history(
 ) -> tuple[TrafficState, ...]:
     """Return the history after ``old`` -> ``new``: a traffic change pushes the split it leaves.
 
-    Example:
-        >>> from mlshift._state import EndpointState, TrafficState
-        >>> old = EndpointState("churn", traffic=TrafficState({"v1": 100}))
-        >>> new = old.with_traffic(TrafficState({"v1": 50, "v2": 50}))
-        >>> [dict(t.weights) for t in extend_history((), old, new)]
-        [{'v1': 100}]
+        Example:
+            >>> from mlshift._state import EndpointState, TrafficState, VersionSpec
+    from mlshift._workload import companions
+            >>> old = EndpointState("churn", traffic=TrafficState({"v1": 100}))
+            >>> new = old.with_traffic(TrafficState({"v1": 50, "v2": 50}))
+            >>> [dict(t.weights) for t in extend_history((), old, new)]
+            [{'v1': 100}]
     """
     if old is not None and old.traffic != new.traffic:
         return (*history, old.traffic)[-HISTORY_LIMIT:]

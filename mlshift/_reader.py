@@ -39,7 +39,16 @@ if TYPE_CHECKING:
 __all__ = ["EndpointReader", "Seen"]
 
 log = logging.getLogger("mlshift")
-STATUS_COLUMNS = ["version", "weight", "ready", "reason", "replicas", "ready_replicas", "address"]
+STATUS_COLUMNS = [
+    "version",
+    "weight",
+    "ready",
+    "reason",
+    "replicas",
+    "ready_replicas",
+    "address",
+    "warning",
+]
 
 
 @dataclass(frozen=True)

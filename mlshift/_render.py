@@ -13,12 +13,19 @@ Routes someone else added to a VirtualService are kept by ``merge_routes``.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlshift._state import EndpointState, HeaderRoute, RoutePolicy, TrafficState, VersionSpec
+from mlshift._state import EndpointState, HeaderRoute, RoutePolicy, TrafficState
+from mlshift._workload import (
+    CONTAINER_PORT,
+    MANAGED_BY,
+    companions,
+    deployment_name,
+    object_meta,
+    render_deployment,
+)
 
 __all__ = [
     "MANAGED_BY",
@@ -29,28 +36,15 @@ __all__ = [
     "managed_routes",
     "merge_routes",
     "render",
+    "render_deployment",
     "to_yaml",
     "version_path_regex",
+    "vs_gateways",
 ]
 
 MANAGED_ROUTE = "mlshift"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "mlshift"}
 SERVICE_PORT = 80
-CONTAINER_PORT = 8080
-GRACE_PERIOD_S = 20
 ISTIO_API = "networking.istio.io/v1"
-# Envoy's default latency buckets start at 0.5 ms and jump to 5 ms; a fast model needs finer.
-LATENCY_BUCKETS_MS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 10000]
-
-
-def deployment_name(endpoint: str, version: str) -> str:
-    """Return the Deployment name of a version (``<endpoint>-<version>``).
-
-    Example:
-        >>> deployment_name("churn", "v2")
-        'churn-v2'
-    """
-    return f"{endpoint}-{version}"
 
 
 def is_managed_route(route: Mapping[str, Any]) -> bool:
@@ -84,11 +78,19 @@ class Manifests:
     service: dict[str, Any]
     destination_rule: dict[str, Any]
     virtual_service: dict[str, Any]
+    companions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per version, what goes with its Deployment: a PodDisruptionBudget when it has more
+    than one pod, a HorizontalPodAutoscaler when it autoscales."""
 
     def all(self) -> list[dict[str, Any]]:
-        """Every object in apply order: Deployments, Service, DestinationRule, VirtualService."""
+        """Every object in apply order: each Deployment with its companions, the Service, the
+        DestinationRule, the VirtualService."""
         return [
-            *self.deployments.values(),
+            *(
+                obj
+                for version, dep in self.deployments.items()
+                for obj in (dep, *self.companions.get(version, ()))
+            ),
             self.service,
             self.destination_rule,
             self.virtual_service,
@@ -111,97 +113,12 @@ def _duration(seconds: float) -> str:
     return f"{text}s"
 
 
-def _meta(
-    state: EndpointState, name: str, extra: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    labels = {"app": state.name, **MANAGED_BY, **(extra or {})}
-    return {"name": name, "namespace": state.namespace, "labels": labels}
-
-
-def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]:
-    """Return the Deployment of one version (image by digest, probes, restricted pod)."""
-    labels = {"app": state.name, "version": spec.name}
-    image = spec.image or f"mlshift.local/{state.name}:{spec.name}"
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2}
-    container: dict[str, Any] = {
-        "name": "model",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "env": [
-            {"name": "PORT", "value": str(CONTAINER_PORT)},
-            {"name": "MLSHIFT_MODEL_NAME", "value": state.name},
-            {"name": "MLSHIFT_MODEL_VERSION", "value": spec.name},
-            {"name": "MLSHIFT_GRACE_PERIOD_S", "value": str(GRACE_PERIOD_S)},
-            *([{"name": "MLSHIFT_TRUST_PICKLE", "value": "1"}] if spec.trust_pickle else []),
-        ],
-        "readinessProbe": {**probe, "failureThreshold": 1},
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "startupProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 2,
-            "failureThreshold": 60,
-        },
-        "resources": {
-            "requests": {
-                "cpu": spec.resources.cpu_request,
-                "memory": spec.resources.memory_request,
-            },
-            "limits": {"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    annotations = {
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(CONTAINER_PORT),
-        "prometheus.io/path": "/metrics",
-        "sidecar.istio.io/statsHistogramBuckets": json.dumps({"istiocustom": LATENCY_BUCKETS_MS}),
-        "mlshift.io/model-sha256": spec.model_sha256,
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(state, deployment_name(state.name, spec.name), {"version": spec.name}),
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": {**labels, **MANAGED_BY}, "annotations": annotations},
-                "spec": {
-                    "terminationGracePeriodSeconds": GRACE_PERIOD_S + 5,
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "fsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
-                },
-            },
-        },
-    }
-
-
 def render_service(state: EndpointState) -> dict[str, Any]:
     """Return the endpoint's Service: port 80 ``http`` to container port 8080."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": {
             "selector": {"app": state.name},
             "ports": [
@@ -224,7 +141,7 @@ def render_destination_rule(
     return {
         "apiVersion": ISTIO_API,
         "kind": "DestinationRule",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": {
             "host": state.name,
             "subsets": [{"name": v, "labels": {"version": v}} for v in names],
@@ -309,6 +226,21 @@ def merge_routes(
     return [*foreign[:before], *(dict(m) for m in managed), *foreign[before:]]
 
 
+def vs_gateways(gateways: Iterable[str]) -> list[str]:
+    """The VirtualService's gateways: those given, and always ``mesh`` with them.
+
+    Naming any gateway replaces Istio's default (``mesh`` only), and without ``mesh`` the
+    sidecars of in-cluster callers ignore the routes: they would reach every version
+    through the Service, whatever the weights.
+
+    Example:
+        >>> vs_gateways(["istio-system/public"])
+        ['istio-system/public', 'mesh']
+    """
+    out = list(dict.fromkeys(gateways))
+    return [*out, "mesh"] if out and "mesh" not in out else out
+
+
 def render_virtual_service(
     state: EndpointState, traffic: TrafficState | None = None
 ) -> dict[str, Any]:
@@ -318,11 +250,11 @@ def render_virtual_service(
         "http": managed_routes(state, traffic),
     }
     if state.gateways:
-        spec["gateways"] = list(state.gateways)
+        spec["gateways"] = vs_gateways(state.gateways)
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": spec,
     }
 
@@ -341,4 +273,5 @@ def render(state: EndpointState) -> Manifests:
         service=render_service(state),
         destination_rule=render_destination_rule(state),
         virtual_service=render_virtual_service(state),
+        companions={v.name: companions(state, v) for v in state.versions},
     )

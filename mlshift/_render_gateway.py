@@ -31,7 +31,6 @@ from mlshift._render import (
     MANAGED_ROUTE,
     SERVICE_PORT,
     Manifests,
-    _meta,
     deployment_name,
     is_managed_route,
     merge_routes,
@@ -42,6 +41,7 @@ from mlshift._render import (
     version_path_regex,
 )
 from mlshift._state import EndpointState, HeaderRoute, RoutePolicy, TrafficState
+from mlshift._workload import object_meta
 
 __all__ = [
     "GATEWAY_API",
@@ -104,7 +104,7 @@ def gateway_duration(seconds: float) -> str:
 def render_version_service(state: EndpointState, version: str) -> dict[str, Any]:
     """Return the Service of one version: port 80 ``http`` to its pods' port 8080."""
     service = render_service(state)
-    service["metadata"] = _meta(
+    service["metadata"] = object_meta(
         state, version_service_name(state.name, version), {"version": version}
     )
     service["spec"]["selector"] = {"app": state.name, "version": version}
@@ -241,7 +241,7 @@ def render_http_route(state: EndpointState, traffic: TrafficState | None = None)
     return {
         "apiVersion": GATEWAY_API,
         "kind": "HTTPRoute",
-        "metadata": _meta(state, state.name),
+        "metadata": object_meta(state, state.name),
         "spec": spec,
     }
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlshift._exceptions import InvalidArgumentError
+from mlshift._exceptions import ConfigError, InvalidArgumentError
 from mlshift._names import check_name
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "EndpointState",
     "HeaderRoute",
     "Mirror",
+    "PodOptions",
     "Resources",
     "RoutePolicy",
     "Routing",
@@ -45,6 +46,65 @@ class Resources:
     cpu_limit: str = "2"
     memory_request: str = "512Mi"
     memory_limit: str = "1Gi"
+    gpus: int = 0
+    """NVIDIA GPUs per pod (``nvidia.com/gpu``, requested and limited alike)."""
+
+    def updated(self, changes: Resources | Mapping[str, Any] | None) -> Resources:
+        """Return a copy with the fields in ``changes`` set; a ``Resources`` replaces all.
+
+        Raises ``ConfigError`` for an unknown field.
+
+        Example:
+            >>> Resources().updated({"gpus": 1, "memory_limit": "16Gi"}).gpus
+            1
+        """
+        if changes is None:
+            return self
+        if isinstance(changes, Resources):
+            return changes
+        known = {f.name for f in dataclasses.fields(Resources)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown resources key(s) {', '.join(unknown)}; use {', '.join(sorted(known))},"
+                " e.g. resources={'cpu_request': '500m', 'memory_limit': '2Gi', 'gpus': 1}"
+            )
+        values: dict[str, Any] = {k: str(v) for k, v in changes.items() if k != "gpus"}
+        if "gpus" in changes:
+            values["gpus"] = int(changes["gpus"])
+            if values["gpus"] < 0:
+                raise ConfigError(f"gpus must be 0 or more, got {values['gpus']}")
+        return dataclasses.replace(self, **values)
+
+
+@dataclass(frozen=True)
+class PodOptions:
+    """How a version's pods start and stop on a cluster (the local target ignores these).
+
+    ``startup_s`` is how long the model may take to load before the kubelet restarts the
+    pod (a startup probe; large models need minutes). ``drain_s`` is how long a pod keeps
+    serving after it is told to stop, before the server drains: endpoints and sidecars
+    learn that a pod is going away a few seconds after it does, and an idle pod that quit at
+    once would meanwhile refuse the requests still routed to it.
+    """
+
+    startup_s: float = 120.0
+    drain_s: float = 5.0
+    sidecar: bool = True
+    """Label the pods ``sidecar.istio.io/inject: "true"`` (False in an ambient namespace)."""
+    pod_monitor: bool = False
+    """Write a Prometheus Operator ``PodMonitor`` for the pods (it ignores annotations)."""
+    scrape_interval_s: float = 15.0
+    """How often Prometheus scrapes the pods (the PodMonitor's ``interval``)."""
+    service_account: str | None = None
+    """The pods' ServiceAccount (its token is then mounted); None: no token at all."""
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets with the registry's credentials, for a private registry."""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """Node labels the pods must run on, e.g. ``{"cloud.google.com/gke-accelerator": ...}``."""
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Kubernetes tolerations, e.g. ``{"key": "nvidia.com/gpu", "operator": "Exists",
+    "effect": "NoSchedule"}`` for tainted GPU nodes."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +121,9 @@ class VersionSpec:
     resources: Resources = field(default_factory=Resources)
     trust_pickle: bool = False
     """The model is a pickle its deployer trusts: model_server runs with ``--trust-pickle``."""
+    pod: PodOptions = field(default_factory=PodOptions)
+    autoscale: tuple[int, int, int] | None = None
+    """``(min, max, target CPU %)`` for a HorizontalPodAutoscaler; None: ``replicas`` pods."""
 
     def __post_init__(self) -> None:
         check_name(self.name, kind="version")
@@ -88,15 +151,18 @@ class Mirror:
 class RoutePolicy:
     """Timeout and retries of the managed route (Istio's HTTPRoute fields).
 
-    ``retry_on`` follows Istio's default, which retries connection failures within the
-    chosen subset only; 5xx answers from a model are not retried by default since a model
-    that fails on an input fails again.
+    ``retry_on`` is Istio's own default, which an explicit ``retryOn`` replaces rather than
+    extends: connection failures, and 503 (``retriable-status-codes`` with the code ``503``:
+    a pod that is starting or stopping), within the chosen subset. Other 5xx answers from a
+    model are not retried, since a model that fails on an input fails again.
     """
 
     timeout_s: float | None = 30.0
     attempts: int = 2
     per_try_timeout_s: float | None = None
-    retry_on: str = "connect-failure,refused-stream,unavailable,cancelled"
+    retry_on: str = (
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
+    )
 
 
 @dataclass(frozen=True)
@@ -203,6 +269,12 @@ class EndpointState:
         for item in data.get("versions") or ():
             raw = dict(item)
             raw["resources"] = Resources(**(raw.get("resources") or {}))
+            pod = dict(raw.get("pod") or {})
+            pod["image_pull_secrets"] = tuple(pod.get("image_pull_secrets") or ())
+            pod["tolerations"] = tuple(pod.get("tolerations") or ())
+            raw["pod"] = PodOptions(**pod)
+            if raw.get("autoscale"):
+                raw["autoscale"] = tuple(raw["autoscale"])
             versions.append(VersionSpec(**raw))
         return cls(
             name=data["name"],

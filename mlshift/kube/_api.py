@@ -24,12 +24,15 @@ from mlshift._exceptions import APIConflictError, APIError, APINotFoundError
 from mlshift.kube._config import import_kubernetes
 
 __all__ = [
+    "AUTOSCALERS",
     "DEPLOYMENTS",
     "DESTINATION_RULES",
+    "DISRUPTION_BUDGETS",
     "EVENTS",
     "FIELD_MANAGER",
     "HTTP_ROUTES",
     "PODS",
+    "POD_MONITORS",
     "REPLICA_SETS",
     "RESOURCES",
     "SERVICES",
@@ -74,6 +77,10 @@ EVENTS = Resource("", "v1", "events", "Event")
 DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
 VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 HTTP_ROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+# A version's companions (mlshift._workload), written only when it has more than one pod.
+DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+POD_MONITORS = Resource("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor")
 RESOURCES = {
     r.kind: r
     for r in (
@@ -85,6 +92,9 @@ RESOURCES = {
         EVENTS,
         DESTINATION_RULES,
         VIRTUAL_SERVICES,
+        DISRUPTION_BUDGETS,
+        AUTOSCALERS,
+        POD_MONITORS,
     )
 }
 

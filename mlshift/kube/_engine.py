@@ -24,6 +24,7 @@ The traffic history (for ``rollback``) lives in the VirtualService's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -44,6 +45,7 @@ from mlshift._render import (
     deployment_name,
     merge_routes,
     render_virtual_service,
+    vs_gateways,
 )
 from mlshift._state import (
     EndpointState,
@@ -77,6 +79,7 @@ from mlshift.kube._live import (
     same_routes,
     version_from_deployment,
 )
+from mlshift.kube._mesh import host_conflicts, mesh_warning
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,6 +114,8 @@ class EngineSettings:
     """``"istio"``, ``"gateway-api"`` or ``"auto"``: which routes ``load`` looks for."""
     ambient: Callable[[], bool] | None = None
     """Whether the namespace is in Istio's ambient mode (metrics then come from the waypoint)."""
+    scrape_interval: float = 15.0
+    """Seconds between Prometheus's scrapes of the pods; sizes the ``rate()`` windows."""
 
 
 class KubernetesEngine:
@@ -128,6 +133,7 @@ class KubernetesEngine:
         self.endpoint = endpoint
         self.api = api
         self.settings = settings
+        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<KubernetesEngine {self.settings.namespace}/{self.endpoint}>"
@@ -226,6 +232,39 @@ class KubernetesEngine:
             out[spec.name] = VersionStatus(
                 spec.name, ready > 0, weight, reason, replicas=want, ready_replicas=ready
             )
+        return self._with_warnings(state, out)
+
+    # -- warnings: traffic that may not follow the weights (issue 13, defects 6 and 14) ------
+
+    def _with_warnings(
+        self, state: EndpointState, status: dict[str, VersionStatus]
+    ) -> dict[str, VersionStatus]:
+        """Add to each ready version why its traffic may ignore the weights; log each once."""
+        ready = [v for v, s in status.items() if s.ready]
+        if not ready:
+            return status
+        pods = self.api.list_objects(PODS, state.namespace, {"app": state.name})
+        # An HTTPRoute wins over a VirtualService on the same Service: only Istio routing
+        # can be shadowed by another VirtualService claiming the host.
+        conflicts = (
+            host_conflicts(
+                self.api.list_objects(VIRTUAL_SERVICES, state.namespace),
+                name=state.name,
+                namespace=state.namespace,
+                hosts=[state.name, *state.hosts],
+            )
+            if state.routing != "gateway-api"
+            else ""
+        )
+        out = dict(status)
+        for version in ready:
+            mine = [p for p in pods if dig(p, "metadata", "labels", "version") == version]
+            warning = "; ".join(w for w in (mesh_warning(mine, state.namespace), conflicts) if w)
+            if warning:
+                out[version] = dataclasses.replace(out[version], warning=warning)
+                if warning not in self._warned:
+                    self._warned.add(warning)
+                    log.warning("%s/%s %s: %s", state.namespace, state.name, version, warning)
         return out
 
     def url(self, state: EndpointState) -> str:
@@ -246,6 +285,7 @@ class KubernetesEngine:
             namespace=state.namespace,
             since=since,
             step=step,
+            scrape_interval=self.settings.scrape_interval,
             token=self.settings.prometheus_token,
             headers=self.settings.prometheus_headers,
             reporter="waypoint" if ambient else "destination",
@@ -407,8 +447,9 @@ def _routes_patch(
     if any(h not in hosts for h in wanted):
         patch_spec["hosts"] = [*hosts, *(h for h in wanted if h not in hosts)]
     gateways = list(spec.get("gateways") or ())
-    if state.gateways and any(g not in gateways for g in state.gateways):
-        patch_spec["gateways"] = [*gateways, *(g for g in state.gateways if g not in gateways)]
+    wanted_gateways = vs_gateways(state.gateways)  # with "mesh" (issue 13, defect 6)
+    if any(g not in gateways for g in wanted_gateways):
+        patch_spec["gateways"] = [*gateways, *(g for g in wanted_gateways if g not in gateways)]
     metadata: dict[str, Any] = {"annotations": dict(annotations)}
     version = dig(live, "metadata", "resourceVersion")
     if version:

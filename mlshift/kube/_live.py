@@ -18,7 +18,21 @@ from typing import Any
 
 from mlshift._durations import parse_duration
 from mlshift._render import MANAGED_ROUTE, is_managed_route
-from mlshift._state import HeaderRoute, Mirror, Resources, RoutePolicy, TrafficState, VersionSpec
+from mlshift._state import (
+    HeaderRoute,
+    Mirror,
+    PodOptions,
+    Resources,
+    RoutePolicy,
+    TrafficState,
+    VersionSpec,
+)
+from mlshift._workload import (
+    AUTOSCALE_ANNOTATION,
+    GPU_RESOURCE,
+    INJECT_LABEL,
+    POD_MONITOR_ANNOTATION,
+)
 
 __all__ = [
     "FATAL_REASONS",
@@ -385,6 +399,59 @@ def same_routes(
     return _same(managed, list(previous))
 
 
+def _monitoring(dep: Mapping[str, Any]) -> dict[str, Any]:
+    interval = dig(dep, "metadata", "annotations", POD_MONITOR_ANNOTATION)
+    if not interval:
+        return {}
+    try:
+        return {"pod_monitor": True, "scrape_interval_s": parse_duration(str(interval))}
+    except ValueError:
+        log.warning("ignoring an unreadable %s annotation %r", POD_MONITOR_ANNOTATION, interval)
+        return {"pod_monitor": True}
+
+
+def _pod_options(
+    dep: Mapping[str, Any], template: Mapping[str, Any], container: Mapping[str, Any]
+) -> PodOptions:
+    """The pod options a version's pod template was rendered with (defaults if absent)."""
+    pod = dig(template, "spec") or {}
+    defaults = PodOptions()
+    startup = container.get("startupProbe") or {}
+    startup_s = defaults.startup_s
+    if startup:
+        startup_s = float(startup.get("periodSeconds") or 10) * float(
+            startup.get("failureThreshold") or 3
+        )
+    command = dig(container, "lifecycle", "preStop", "exec", "command") or []
+    drain_s = 0.0
+    if command:
+        try:
+            drain_s = float(str(command[-1]).rsplit("(", 1)[-1].rstrip(")"))
+        except ValueError:
+            drain_s = defaults.drain_s
+    return PodOptions(
+        startup_s=startup_s,
+        drain_s=drain_s,
+        service_account=pod.get("serviceAccountName") or None,
+        image_pull_secrets=tuple(str(s.get("name")) for s in pod.get("imagePullSecrets") or ()),
+        node_selector=dict(pod.get("nodeSelector") or {}),
+        tolerations=tuple(dict(t) for t in pod.get("tolerations") or ()),
+        sidecar=str(dig(template, "metadata", "labels", INJECT_LABEL) or "") == "true",
+        **_monitoring(dep),
+    )
+
+
+def _autoscale(dep: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    text = dig(dep, "metadata", "annotations", AUTOSCALE_ANNOTATION)
+    try:
+        low, high, cpu = (int(part) for part in str(text).split(","))
+    except ValueError:
+        if text:
+            log.warning("ignoring an unreadable %s annotation %r", AUTOSCALE_ANNOTATION, text)
+        return None
+    return low, high, cpu
+
+
 def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
     """Rebuild a version's spec from its live Deployment (image, model digest, size, trust)."""
     version = str(dig(dep, "metadata", "labels", "version"))
@@ -398,15 +465,20 @@ def version_from_deployment(dep: Mapping[str, Any]) -> VersionSpec:
         cpu_limit=str(dig(res, "limits", "cpu") or defaults.cpu_limit),
         memory_request=str(dig(res, "requests", "memory") or defaults.memory_request),
         memory_limit=str(dig(res, "limits", "memory") or defaults.memory_limit),
+        gpus=int(dig(res, "limits", GPU_RESOURCE) or 0),
     )
     env = {str(e.get("name")): e.get("value") for e in container.get("env") or ()}
+    autoscale = _autoscale(dep)
     return VersionSpec(
         name=version,
         model_sha256=str(dig(template, "metadata", "annotations", SHA_ANNOTATION) or ""),
         image=container.get("image"),
-        replicas=int(dig(dep, "spec", "replicas") or 1),
+        # With an autoscaler, the live count is its doing; the spec holds its minimum.
+        replicas=autoscale[0] if autoscale else int(dig(dep, "spec", "replicas") or 1),
         resources=resources,
         trust_pickle=env.get("MLSHIFT_TRUST_PICKLE") == "1",
+        pod=_pod_options(dep, template, container),
+        autoscale=autoscale,
     )
 
 

@@ -19,6 +19,7 @@ argument                   environment variable                          default
 ``prometheus_token``       ``MLSHIFT_PROMETHEUS_TOKEN``                  none
 ``prometheus_headers``     (none)                                        none
 ``rollout_timeout``        ``MLSHIFT_ROLLOUT_TIMEOUT``                   ``"5m"``
+``scrape_interval``        ``MLSHIFT_SCRAPE_INTERVAL``                   ``"15s"``
 ``insecure_registry``      ``MLSHIFT_INSECURE_REGISTRY`` (``1``/``0``)   loopback only
 =========================  ============================================  =======================
 
@@ -32,11 +33,12 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlshift._durations import parse_duration
 from mlshift._exceptions import APIError, ConfigError, InvalidArgumentError
-from mlshift._state import ROUTINGS, Resources, Routing, VersionSpec
+from mlshift._state import ROUTINGS, PodOptions, Resources, Routing, VersionSpec
+from mlshift._workload import PLACEHOLDER_DIGEST
 from mlshift.kube._api import KubeAPI
 from mlshift.kube._config import SERVICE_ACCOUNT_DIR, ClusterConfig, KubeconfigArg, discover
 from mlshift.kube._engine import EngineSettings, KubernetesEngine
@@ -51,6 +53,7 @@ log = logging.getLogger("mlshift.kube")
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus.istio-system:9090"
 DEFAULT_ROLLOUT_TIMEOUT = "5m"
+DEFAULT_SCRAPE_INTERVAL = "15s"  # Istio's Prometheus addon; kube-prometheus-stack: 30s
 
 
 def _flag(value: str | None) -> bool | None:
@@ -59,17 +62,8 @@ def _flag(value: str | None) -> bool | None:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _resources(value: Resources | Mapping[str, str] | None) -> Resources:
-    if value is None or isinstance(value, Resources):
-        return value or Resources()
-    known = {f.name for f in dataclasses.fields(Resources)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown resources key(s) {', '.join(unknown)}; use {', '.join(sorted(known))},"
-            " e.g. resources={'cpu_request': '500m', 'memory_limit': '2Gi'}"
-        )
-    return Resources(**{k: str(v) for k, v in value.items()})
+def _resources(value: Resources | Mapping[str, Any] | None) -> Resources:
+    return Resources().updated(value)
 
 
 class Kubernetes:
@@ -90,7 +84,8 @@ class Kubernetes:
         rollout_timeout: how long a version may take to become ready (``"90s"``, seconds);
             default ``$MLSHIFT_ROLLOUT_TIMEOUT``, else ``"5m"``.
         resources: default requests/limits for every version (``Resources`` or a dict of its
-            fields).
+            fields, ``gpus`` for ``nvidia.com/gpu``); ``ep.deploy(..., resources=...)``
+            changes them for one version.
         insecure_registry: allow plain HTTP to the registry (default: only for loopback).
         prometheus_token: a bearer token for Prometheus (default
             ``$MLSHIFT_PROMETHEUS_TOKEN``).
@@ -100,8 +95,8 @@ class Kubernetes:
         poll_interval: seconds between rollout checks.
         service_account_dir: where the in-cluster service account files are.
         gateways: Istio gateways the VirtualService binds to, e.g.
-            ``["istio-system/ingressgateway"]`` (default: the mesh only). Add ``"mesh"`` too
-            to keep in-cluster callers routed.
+            ``["istio-system/ingressgateway"]`` (default: the mesh only); ``"mesh"`` is
+            always added, so in-cluster callers stay routed.
         hosts: extra VirtualService hosts, e.g. the external host name of the gateway.
         routing: ``"istio"`` (VirtualService + DestinationRule), ``"gateway-api"`` (an
             HTTPRoute and one Service per version) or ``"auto"`` (default): the Gateway API
@@ -110,6 +105,23 @@ class Kubernetes:
             HTTPRoute, else Istio. An existing endpoint keeps the routing it has.
         ambient: whether the namespace runs Istio's ambient mode (metrics then come from the
             waypoint); default: read from the namespace's label under ``routing="auto"``.
+        startup: how long a version's model may take to load before the kubelet restarts
+            its pod (a startup probe), e.g. ``"10m"`` for a large model; default ``"2m"``.
+        drain: how long a stopping pod keeps serving before it drains (a ``preStop`` wait
+            while endpoints and sidecars forget it); default ``"5s"``, ``0`` for none.
+        service_account: the ServiceAccount the model pods run as (its token is mounted);
+            default none and no token.
+        image_pull_secrets: names of Secrets with the registry's credentials.
+        node_selector: node labels the pods must run on.
+        tolerations: Kubernetes tolerations for tainted (e.g. GPU) nodes, as dicts.
+        sidecar: label the pods for Istio's sidecar injection (default); ``False`` in an
+            ambient namespace. ``ep.status()`` warns when a pod runs without a proxy.
+        scrape_interval: how often Prometheus scrapes the pods (Istio's addon ``"15s"``,
+            kube-prometheus-stack ``"30s"``); metrics' ``rate()`` windows span at least four
+            scrapes, so a slower scrape never gives empty numbers.
+        pod_monitor: also write a Prometheus Operator ``PodMonitor`` per version (the
+            Operator ignores ``prometheus.io/*`` annotations), scraping at
+            ``scrape_interval``.
 
     Example:
         >>> import mlshift
@@ -131,7 +143,7 @@ class Kubernetes:
         *,
         base_image: str | None = None,
         rollout_timeout: str | float | None = None,
-        resources: Resources | Mapping[str, str] | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
         insecure_registry: bool | None = None,
         prometheus_token: str | None = None,
         prometheus_headers: Mapping[str, str] | None = None,
@@ -142,6 +154,15 @@ class Kubernetes:
         hosts: Sequence[str] = (),
         routing: str = "auto",
         ambient: bool | None = None,
+        startup: str | float = "2m",
+        drain: str | float = "5s",
+        service_account: str | None = None,
+        image_pull_secrets: Sequence[str] = (),
+        node_selector: Mapping[str, str] | None = None,
+        tolerations: Sequence[Mapping[str, Any]] = (),
+        sidecar: bool = True,
+        scrape_interval: str | float | None = None,
+        pod_monitor: bool = False,
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -177,6 +198,24 @@ class Kubernetes:
         self.ambient = ambient
         self._detections: dict[str, Detection] = {}
         self._warned: set[str] = set()
+        if scrape_interval is None:
+            scrape_interval = env.get("MLSHIFT_SCRAPE_INTERVAL") or DEFAULT_SCRAPE_INTERVAL
+        self.scrape_interval = parse_duration(scrape_interval, what="scrape_interval")
+        if self.scrape_interval <= 0:
+            raise ConfigError(f"scrape_interval must be positive, got {scrape_interval!r}")
+        self.pod_monitor = pod_monitor
+        self.pod = PodOptions(
+            startup_s=parse_duration(startup, what="startup"),
+            drain_s=parse_duration(drain, what="drain"),
+            service_account=service_account,
+            image_pull_secrets=tuple(image_pull_secrets),
+            node_selector=dict(node_selector or {}),
+            tolerations=tuple(dict(t) for t in tolerations),
+            sidecar=sidecar,
+            pod_monitor=pod_monitor,
+            # Only a PodMonitor carries it; otherwise the engine sizes windows from it.
+            scrape_interval_s=self.scrape_interval if pod_monitor else PodOptions.scrape_interval_s,
+        )
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 
@@ -273,6 +312,7 @@ class Kubernetes:
             prometheus_headers=self.prometheus_headers,
             routing=self.routing,
             ambient=lambda: self._ambient(endpoint),
+            scrape_interval=self.scrape_interval,
         )
         return KubernetesEngine(endpoint, self.api, settings)
 
@@ -290,16 +330,20 @@ class Kubernetes:
     ) -> VersionSpec:
         """Build and push the version's image; in a dry run only name the tag it would push.
 
+        Nothing is built in a dry run, so there is no digest: the image is the tag with the
+        placeholder digest ``sha256:<resolved-at-deploy>``, which no kubelet pulls, and the
+        rendered Deployment says so in an annotation.
+
         Example:
             >>> spec = target.prepare_version(info, "churn", "v2", dry_run=True)  # doctest: +SKIP
             >>> spec.image  # doctest: +SKIP
-            'registry.example.com/ml/churn:churn-v2'
+            'registry.example.com/ml/churn:churn-v2@sha256:<resolved-at-deploy>'
         """
         from mlshift.image import build_image, image_tag
 
         repository = self.repository(endpoint)
         if dry_run:
-            image = image_tag(repository, endpoint, version)
+            image = f"{image_tag(repository, endpoint, version)}@{PLACEHOLDER_DIGEST}"
         else:
             image = build_image(
                 bundle,
@@ -316,4 +360,5 @@ class Kubernetes:
             image=image,
             resources=self.resources,
             trust_pickle=bundle.trusts_pickle,
+            pod=self.pod,
         )

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["PlanSteps"]
 
 log = logging.getLogger("mlshift.local")
+# A version's cluster-only companions (mlshift._workload): one local process has no use for them.
+CLUSTER_ONLY = frozenset({"PodDisruptionBudget", "HorizontalPodAutoscaler", "PodMonitor"})
 
 
 class PlanSteps(abc.ABC):
@@ -109,6 +111,8 @@ class PlanSteps(abc.ABC):
             self._patch_routes(step.obj, plan)
         elif step.action == "delete":
             self._delete(step)
+        elif step.action == "apply" and step.kind in CLUSTER_ONLY:
+            log.debug("%s: nothing to do locally", step.describe())
         else:
             raise MlshiftError(
                 f"the local engine cannot run step {step.describe()!r}; this is a bug in mlshift"

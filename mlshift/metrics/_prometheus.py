@@ -41,6 +41,11 @@ log = logging.getLogger("mlshift.metrics")
 
 TimeLike = float | int | datetime | pd.Timestamp
 _MAX_POINTS = 240  # default resolution of a range query when no step is given
+SOURCE_REPORTERS = "source|waypoint"
+# Envoy's response flags of answers a proxy made without the upstream's: UH no healthy
+# upstream, UF connection failure, UO overflow (circuit breaker), NR no route, UT timeout,
+# UC upstream connection termination (alone or with others, e.g. "UF,URX").
+MESH_FLAGS = ".*(UH|UF|UO|NR|UT|UC).*"
 
 
 @dataclass(frozen=True)
@@ -277,8 +282,11 @@ def istio_queries(
 ) -> dict[str, str]:
     """The PromQL behind ``istio_metrics``, keyed by the frame column each one fills.
 
-    Only ``reporter="destination"`` is read: Istio reports each request twice, once by the
-    client's sidecar (``source``) and once by the server's, and summing both doubles counts.
+    Only ``reporter="destination"`` is read for the version's own numbers: Istio reports each
+    request twice, once by the client's sidecar (``source``) and once by the server's, and
+    summing both doubles counts. ``mesh_errors`` comes from the other side (``source``, which
+    includes gateways, or ``waypoint``): 5xx a proxy made itself (``MESH_FLAGS``), which the
+    version never saw; ``seen`` is that side's traffic, to tell "none" from "not measured".
     In ambient mode L7 metrics come from the waypoint only (``reporter="waypoint"``). With
     Gateway API routing (``version_services``) requests reach the version Services
     ``<service>-<version>``, so those are read as well.
@@ -302,9 +310,22 @@ def istio_queries(
     requests = f"istio_requests_total{{{selector}}}"
     errors = f'istio_requests_total{{{selector},response_code=~"5.."}}'
     buckets = f"istio_request_duration_milliseconds_bucket{{{selector}}}"
+    # What callers' and gateways' proxies saw (waypoints in ambient mode), for the failures
+    # the mesh makes itself: only those flags, so a model's own 5xx (flags "-", or URX
+    # alone after retries) is not counted twice.
+    # In ambient mode the waypoint already gives the version's own numbers: only callers'
+    # proxies are the other side then.
+    others = "source" if reporter == "waypoint" else SOURCE_REPORTERS
+    seen = (
+        f'reporter=~"{others}",destination_service_name{name},'
+        f'destination_service_namespace="{namespace}"'
+    )
+    mesh = f'istio_requests_total{{{seen},response_code=~"5..",response_flags=~"{MESH_FLAGS}"}}'
     out = {
         "rps": f"sum by (destination_version) (rate({requests}[{w}]))",
         "errors": f"sum by (destination_version) (rate({errors}[{w}]))",
+        "seen": f"sum by (destination_version) (rate(istio_requests_total{{{seen}}}[{w}]))",
+        "mesh_errors": f"sum by (destination_version) (rate({mesh}[{w}]))",
     }
     for column, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
         out[column] = (
@@ -407,6 +428,9 @@ def _istio_frame(answers: dict[str, list[Series]], step: float) -> pd.DataFrame:
         # No 5xx series for a version means it never answered 5xx: zero, not unknown.
         err = values["errors"].get(key, 0.0)
         total = totals[key[0]]
+        # Mesh errors are known only where callers report (sidecars, gateways): else NaN.
+        known = key in values["seen"] or key in values["mesh_errors"]
+        mesh = values["mesh_errors"].get(key, 0.0) if known else math.nan
         rows.append(
             {
                 "timestamp": key[0],
@@ -419,6 +443,13 @@ def _istio_frame(answers: dict[str, list[Series]], step: float) -> pd.DataFrame:
                 "p95_ms": values["p95_ms"].get(key, math.nan),
                 "p99_ms": values["p99_ms"].get(key, math.nan),
                 "share": rps / total if total > 0 else math.nan,
+                "mesh_errors": mesh * step,
             }
         )
+    # Mesh errors of no version the service reported (a 503 "no healthy upstream" happens
+    # before any pod is picked: Istio labels it destination_version="unknown") get a row of
+    # their own, so they are seen rather than dropped.
+    for key, mesh in values["mesh_errors"].items():
+        if key not in values["rps"] and mesh > 0:
+            rows.append({"timestamp": key[0], "version": key[1], "mesh_errors": mesh * step})
     return normalize_frame(rows)

@@ -456,8 +456,8 @@ def test_dry_runs_need_no_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     assert kinds == ["Deployment", "Deployment", "Service", "DestinationRule", "VirtualService"]
     images = [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in docs[:2]]
     assert images == [
-        "registry.example.com/ml/churn:churn-v1",
-        "registry.example.com/ml/churn:churn-v2",
+        "registry.example.com/ml/churn:churn-v1@sha256:<resolved-at-deploy>",
+        "registry.example.com/ml/churn:churn-v2@sha256:<resolved-at-deploy>",
     ]
     weights = {
         r["destination"]["subset"]: r["weight"] for r in docs[-1]["spec"]["http"][-1]["route"]

@@ -145,3 +145,20 @@ def test_samples_load_their_first_rows(tmp_path: Path) -> None:
     assert _load_sample(tmp_path / "x.npy").shape == (5, 2)
     with pytest.raises(MlshiftError, match=r"\.csv, \.parquet or \.npy"):
         _load_sample(tmp_path / "x.txt")
+
+
+def test_rbac_flags_and_autoscale_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """``mlshift rbac ml --autoscale`` grants what autoscaled versions need; --autoscale
+    MIN,MAX,CPU reads as deploy(autoscale=...) does."""
+    import yaml
+
+    from mlshift.__main__ import _autoscale
+
+    assert main(["rbac", "ml", "--autoscale", "--pod-monitor"]) == 0
+    role = next(yaml.safe_load_all(capsys.readouterr().out))
+    granted = {r for rule in role["rules"] for r in rule["resources"]}
+    assert {"poddisruptionbudgets", "horizontalpodautoscalers", "podmonitors"} <= granted
+    assert _autoscale("2,8,70") == (2, 8, 70)
+    assert _autoscale(None) is None
+    with pytest.raises(MlshiftError, match="MIN,MAX,CPU"):
+        _autoscale("2-8")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import mlshift
 from mlshift._plan import Plan
@@ -151,7 +152,10 @@ def test_kubernetes_dry_run_needs_no_cluster_and_binds_the_gateway(
     plan = ep.shift({"v1": 80, "v2": 20}, dry_run=True)
     assert "weights v1=80, v2=20" in str(plan)
     text = ep.render()
-    assert "image: registry.example.com/ml/churn:churn-v2" in text
+    assert "image: registry.example.com/ml/churn:churn-v2@sha256:<resolved-at-deploy>" in text
+    deployments = [d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment"]
+    note = deployments[-1]["metadata"]["annotations"]["mlshift.io/image-placeholder"]
+    assert note.startswith("dry run: registry.example.com/ml/churn:churn-v2 is not built yet")
     assert "- istio-system/ingressgateway" in text
     assert "- churn.example.com" in text
 

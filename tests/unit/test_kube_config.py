@@ -195,7 +195,7 @@ except mlshift.ConfigError as exc:
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     ).stdout.splitlines()
-    assert out[0] == "r.example.com/ml/churn:churn-v1"
+    assert out[0] == "r.example.com/ml/churn:churn-v1@sha256:<resolved-at-deploy>"
     assert out[1].startswith(
         "the Kubernetes target needs the kubernetes package: pip install 'mlshift[kubernetes]'"
     )

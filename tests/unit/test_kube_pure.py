@@ -60,6 +60,13 @@ def test_rbac_grants_exactly_the_verbs_used() -> None:
     assert verbs[("apps", "replicasets")] == verbs[("", "events")] == {"list"}
     assert verbs[("networking.istio.io", "virtualservices")] == {
         "get",
+        "list",
+        "create",
+        "patch",
+        "delete",
+    }
+    assert verbs[("networking.istio.io", "destinationrules")] == {
+        "get",
         "create",
         "patch",
         "delete",
@@ -178,7 +185,7 @@ def test_target_builds_with_no_cluster_and_names_the_dry_run_image(tmp_path: Pat
     )
     info = BundleInfo(path=tmp_path, sha256="ab" * 32, flavor="sklearn", serializer="skops")
     spec = target.prepare_version(info, "churn", "v2", dry_run=True)
-    assert spec.image == "registry.example.com/ml/churn:churn-v2"
+    assert spec.image == "registry.example.com/ml/churn:churn-v2@sha256:<resolved-at-deploy>"
     assert (spec.model_sha256, spec.resources.cpu_limit) == ("ab" * 32, "4")
     assert repr(target) == "<Kubernetes namespace=ml registry=registry.example.com/ml>"
 

@@ -37,13 +37,15 @@ def test_rate_window_is_grafanas_rate_interval(step: float, scrape: float, expec
 
 def test_istio_queries_read_destination_reports_of_one_service() -> None:
     queries = istio_queries("churn", "ml", 60.0)
-    assert set(queries) == {"rps", "errors", "p50_ms", "p95_ms", "p99_ms"}
-    for promql in queries.values():
-        assert 'reporter="destination"' in promql
+    assert set(queries) == {"rps", "errors", "p50_ms", "p95_ms", "p99_ms", "seen", "mesh_errors"}
+    for column, promql in queries.items():
+        side = 'reporter=~"source|waypoint"' if column in ("seen", "mesh_errors") else None
+        assert (side or 'reporter="destination"') in promql
         assert 'destination_service_name="churn"' in promql
         assert 'destination_service_namespace="ml"' in promql
         assert "[60s]" in promql
     assert 'response_code=~"5.."' in queries["errors"]
+    assert 'response_code=~"5..",response_flags=~' in queries["mesh_errors"]
     assert queries["p99_ms"].startswith("histogram_quantile(0.99, sum by (destination_version, le)")
 
 

@@ -29,10 +29,10 @@ def hist(*per_bucket: float) -> tuple[tuple[float, float], ...]:
     return tuple(out)
 
 
-def test_frame_columns_are_the_design_contract_plus_share() -> None:
+def test_frame_columns_are_the_design_contract_plus_share_and_mesh_errors() -> None:
     assert FRAME_COLUMNS == [
         "timestamp", "version", "requests", "rps", "errors", "error_rate",
-        "p50_ms", "p95_ms", "p99_ms", "share",
+        "p50_ms", "p95_ms", "p99_ms", "share", "mesh_errors",
     ]  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from mlshift._state import (
     EndpointState,
     HeaderRoute,
     Mirror,
+    PodOptions,
     Resources,
     RoutePolicy,
     TrafficState,
@@ -162,7 +163,27 @@ def _states() -> dict[str, EndpointState]:
         gateways=("istio-system/public-gateway", "mesh"),
         policy=RoutePolicy(timeout_s=None, attempts=0),
     ).with_version(VersionSpec("v7", _sha(7), image=f"r.example.com/fraud@sha256:{_sha(7)}"))
-    return {"one-version": one, "canary": canary, "gateways": gateways}
+    platform = one.with_version(
+        VersionSpec(
+            "v4",
+            _sha(4),
+            image=f"registry.example.com/ml/churn@sha256:{_sha(4)}",
+            replicas=2,
+            autoscale=(2, 6, 70),
+            resources=Resources("2", "4", "8Gi", "16Gi", gpus=1),
+            pod=PodOptions(
+                startup_s=900,
+                drain_s=10,
+                service_account="churn-model",
+                image_pull_secrets=("regcred", "mirror-cred"),
+                node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                tolerations=(
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                ),
+            ),
+        )
+    ).with_version(VersionSpec("v5", _sha(5), image=f"r.io/c@sha256:{_sha(5)}", replicas=3))
+    return {"one-version": one, "canary": canary, "gateways": gateways, "platform": platform}
 
 
 STATES = _states()
@@ -211,12 +232,46 @@ def _k8s_validate(obj: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", sorted(STATES))
 def test_core_objects_pass_kubernetes_validate_strict(name: str) -> None:
     manifests = render(STATES[name])
-    for obj in [*manifests.deployments.values(), manifests.service]:
+    companions = [o for objs in manifests.companions.values() for o in objs]
+    for obj in [*manifests.deployments.values(), *companions, manifests.service]:
         _k8s_validate(obj)
 
 
-def test_rbac_objects_pass_kubernetes_validate_strict() -> None:
-    for obj in rbac("ml"):
+def test_platform_options_render_what_a_cluster_runs() -> None:
+    """GPU, placement, pull secrets, a service account; a budget and an autoscaler."""
+    manifests = render(STATES["platform"])
+    pod = manifests.deployments["v4"]["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert pod["serviceAccountName"] == "churn-model"
+    assert "automountServiceAccountToken" not in pod  # the account's token is wanted
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-cred"}]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "replicas" not in manifests.deployments["v4"]["spec"]  # the autoscaler's to set
+    kinds = {v: [o["kind"] for o in objs] for v, objs in manifests.companions.items()}
+    assert kinds == {
+        "v1": [],
+        "v4": ["PodDisruptionBudget", "HorizontalPodAutoscaler"],
+        "v5": ["PodDisruptionBudget"],
+    }
+    hpa = manifests.companions["v4"][1]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+    assert hpa["scaleTargetRef"]["name"] == "churn-v4"
+    assert manifests.deployments["v5"]["spec"]["replicas"] == 3
+    docs = list(yaml.safe_load_all(manifests.to_yaml()))
+    assert [d["kind"] for d in docs][:4] == [
+        "Deployment",
+        "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    ]
+
+
+@pytest.mark.parametrize("extra", [{}, {"replicas": True, "autoscale": True, "pod_monitor": True}])
+def test_rbac_objects_pass_kubernetes_validate_strict(extra: dict[str, bool]) -> None:
+    for obj in rbac("ml", **extra):
         _k8s_validate(obj)
 
 

@@ -87,8 +87,9 @@ def test_weighted_route_with_timeout_and_retries() -> None:
     }
     assert action["timeout"] == "30s"
     assert action["retry_policy"] == {
-        "retry_on": "connect-failure,refused-stream,unavailable,cancelled",
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
         "num_retries": 2,
+        "retriable_status_codes": [503],
     }
     assert "request_mirror_policies" not in action
 
