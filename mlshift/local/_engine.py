@@ -201,9 +201,8 @@ class LocalEngine(PlanSteps):
 
         Envoy's health checks as the sampler thread read them within the last
         ``HEALTH_MAX_AGE_S``; those it did not see healthy are asked for in one admin read.
+        Whether Envoy itself still runs is not asked: a shift starts a stopped router.
         """
-        if self.router.record() is None:
-            return {}
         healthy = {v for v, ok in self.sampling.health().items() if ok}
         clusters = {
             xds.cluster_name(self.name, s.name): s.name for s in wanted if s.name not in healthy
