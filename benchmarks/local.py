@@ -195,7 +195,10 @@ def bench_split(ep: mlshift.Endpoint, counts: list[int], repeats: int) -> list[d
     with httpx.Client(base_url=url, limits=limits, timeout=10.0, trust_env=False) as client:
 
         def one(_: int) -> str:
-            return client.get("/v2/health/live").headers.get(HEADER, "")
+            try:
+                return client.get("/v2/health/live").headers.get(HEADER, "")
+            except httpx.TransportError:  # httpx's pool under 16 threads, rarely: ask again
+                return client.get("/v2/health/live").headers.get(HEADER, "")
 
         with ThreadPoolExecutor(16) as pool:
             for n in counts:

@@ -122,9 +122,18 @@ def parse_exposition(text: str, *, model: str | None = None) -> list[PredictionS
     """
     from prometheus_client.parser import text_string_to_metric_families
 
+    # Only mlshift's prediction series (and their # TYPE/# HELP lines) go to the parser: a
+    # server's /metrics holds a few hundred other samples, and parsing them all costs tens
+    # of milliseconds of the notebook's CPU every few seconds (the sampler thread's).
+    ours = "\n".join(
+        line
+        for line in text.splitlines()
+        if line.startswith("mlshift_prediction")
+        or (line.startswith("#") and " mlshift_prediction" in line)
+    )
     found: list[PredictionStats] = []
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(ours + "\n" if ours else ""):
             for sample in family.samples:
                 labels = sample.labels
                 if model is not None and labels.get("model") != model:

@@ -218,10 +218,10 @@ def merge_routes(
         >>> merge_routes([{"name": "admin"}, {"name": "mlshift"}], [{"name": "mlshift", "x": 1}])
         [{'name': 'admin'}, {'name': 'mlshift', 'x': 1}]
     """
-    old = [copy.deepcopy(dict(r)) for r in existing or ()]
+    old = list(existing or ())
     positions = [i for i, r in enumerate(old) if is_managed_route(r)]
     at = positions[0] if positions else len(old)
-    foreign = [r for r in old if not is_managed_route(r)]
+    foreign = [copy.deepcopy(dict(r)) for r in old if not is_managed_route(r)]
     before = sum(1 for i, r in enumerate(old) if i < at and not is_managed_route(r))
     return [*foreign[:before], *(dict(m) for m in managed), *foreign[before:]]
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mlshift.local import _xds as xds
 from mlshift.local._envoy_admin import UNIX_ADMIN, EnvoyAdmin, admin_socket_path
 from mlshift.local._envoy_binary import find_envoy
 from mlshift.local._envoy_bootstrap import bootstrap
+from mlshift.local._files import replace_file
 from mlshift.local._ownership import Expected, ProcessRecord, alive, exit_reason, owned, read_record
 
 __all__ = ["CONCURRENCY_ENV_VAR", "Router"]
@@ -42,6 +44,9 @@ log = logging.getLogger("mlshift.local")
 
 CONCURRENCY_ENV_VAR = "MLSHIFT_ENVOY_CONCURRENCY"
 _ACCEPT_TIMEOUT_S = 10.0
+_ROUTES_VERSION = f"http.{xds.STAT_PREFIX}.rds.{xds.ROUTE_CONFIG_NAME}.version_text"
+_ROUTES_REJECTED = f"http.{xds.STAT_PREFIX}.rds.{xds.ROUTE_CONFIG_NAME}.update_rejected"
+_CLUSTERS_REJECTED = "cluster_manager.cds.update_rejected"
 _REJECTED_MARK = "config update rejected:"
 _PORT_FREE_WAIT_S = 2.0
 
@@ -68,8 +73,7 @@ def _concurrency() -> int:
 def _fsync_rename(data: Mapping[str, Any], tmp: Path, dest: Path) -> None:
     # Envoy watches ``dest`` for a rename (it ignores a file rewritten in place). No fsync:
     # the stored objects are the source of truth, and a shift must take milliseconds.
-    tmp.write_bytes(orjson.dumps(data))
-    os.replace(tmp, dest)
+    replace_file(tmp, dest, orjson.dumps(data))
 
 
 @dataclass(frozen=True)
@@ -124,13 +128,19 @@ class Router(EnvoyAdmin):
         """The command line of this endpoint's Envoy (see ``_ownership.identify``)."""
         self.last_reload_s: float = 0.0
         """Seconds from the rename to Envoy reporting the new version, for the last write."""
+        # The running Envoy as last proven (pid, start time), and the rejection counters as
+        # last read from it: a write need not ask for them again before it renames.
+        self._identity: tuple[int, float | None] | None = None
+        self._counters: dict[str, tuple[tuple[int, float | None], int]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def record(self) -> ProcessRecord | None:
         """The record of the running Envoy, or None when none runs that is provably ours."""
         record = read_record(self.paths.record)
-        return record if owned(record, self.expected) else None
+        record = record if owned(record, self.expected) else None
+        self._identity = (record.pid, record.started) if record is not None else None
+        return record
 
     def _recorded_admin(self) -> str:
         record = self.record()
@@ -245,6 +255,50 @@ class Router(EnvoyAdmin):
             with contextlib.suppress(OSError, LocalModeError):
                 self.paths.admin_socket.unlink(missing_ok=True)
 
+    # -- reads --------------------------------------------------------------------------------
+
+    def stats(self, pattern: str) -> dict[str, Any]:
+        """Return the stats whose names match the regex ``pattern`` as {name: value}.
+
+        Rejection counters among them are remembered for the next write (``_write``).
+        """
+        identity = self._identity
+        out = super().stats(pattern)
+        if identity is not None:
+            for name in (_ROUTES_REJECTED, _CLUSTERS_REJECTED):
+                if name in out:
+                    self._counters[name] = (identity, int(out[name] or 0))
+        return out
+
+    def cluster_health(self, clusters: Sequence[str]) -> dict[str, bool]:
+        """Return {cluster: healthy?} for ``clusters`` Envoy has, in one small admin read.
+
+        Healthy means Envoy's active health check passes and Envoy routes to the cluster's
+        host (``membership_healthy``); a cluster Envoy does not have is left out. The read
+        also refreshes the routes' rejection counter, so a shift that asked this first does
+        not ask again before it writes the routes.
+
+        Example:
+            >>> router.cluster_health(["churn_v2"])  # doctest: +SKIP
+            {'churn_v2': True}
+        """
+        names = "|".join(re.escape(c) for c in clusters)
+        pattern = rf"^(cluster\.({names})\.membership_healthy|{re.escape(_ROUTES_REJECTED)})$"
+        out: dict[str, bool] = {}
+        for name, value in self.stats(pattern).items():
+            if name.startswith("cluster.") and name.endswith(".membership_healthy"):
+                out[name.removeprefix("cluster.").removesuffix(".membership_healthy")] = (
+                    int(value or 0) > 0
+                )
+        return out
+
+    def _counter_seen(self, stat: str, record: ProcessRecord | None) -> int | None:
+        """``stat`` as last read from the Envoy of ``record`` (None: not read from it)."""
+        seen = self._counters.get(stat)
+        if record is None or seen is None or seen[0] != (record.pid, record.started):
+            return None
+        return seen[1]
+
     # -- config -------------------------------------------------------------------------------
 
     def write_clusters(self, clusters: Sequence[Mapping[str, Any]]) -> None:
@@ -257,7 +311,7 @@ class Router(EnvoyAdmin):
             self.paths.cds,
             clusters,
             version_stat="cluster_manager.cds.version_text",
-            rejected_stat="cluster_manager.cds.update_rejected",
+            rejected_stat=_CLUSTERS_REJECTED,
             what="clusters",
         )
         # A new cluster is warming until its first health check answered, and the router
@@ -283,8 +337,8 @@ class Router(EnvoyAdmin):
         self._write(
             self.paths.rds,
             [route_config],
-            version_stat=f"http.{xds.STAT_PREFIX}.rds.{xds.ROUTE_CONFIG_NAME}.version_text",
-            rejected_stat=f"http.{xds.STAT_PREFIX}.rds.{xds.ROUTE_CONFIG_NAME}.update_rejected",
+            version_stat=_ROUTES_VERSION,
+            rejected_stat=_ROUTES_REJECTED,
             what="routes",
         )
 
@@ -300,15 +354,23 @@ class Router(EnvoyAdmin):
         pattern = (
             "^(" + "|".join(s.replace(".", r"\.") for s in (version_stat, rejected_stat)) + ")$"
         )
-        running = self.running()
-        before = self.stats(pattern) if running else {}
+        record = self.record()
+        # Envoy's rejection counter before the write: as last seen on this same Envoy (any
+        # stats read passing by refreshes it, e.g. a shift's health read), else read now.
+        # A remembered count may be behind another process's rejected write since: then a
+        # rise is only taken for this write's if Envoy's log says so (writers take turns
+        # under the endpoint's lock, and each waits for its rejection to be logged).
+        seen = self._counter_seen(rejected_stat, record)
+        certain = seen is None
+        if record is not None and seen is None:
+            seen = int(self.stats(pattern).get(rejected_stat) or 0)
         version = str(time.time_ns())
         previous = dest.read_bytes() if dest.exists() else None
         log_offset = self.paths.log.stat().st_size if self.paths.log.exists() else 0
         tmp = dest.parent.parent / f".{dest.name}.tmp"
         started = time.perf_counter()
         _fsync_rename(xds.discovery_response(resources, version), tmp, dest)
-        if not running:
+        if record is None or seen is None:
             return  # Envoy reads the file when it starts
         deadline = time.monotonic() + _ACCEPT_TIMEOUT_S
         while True:
@@ -317,13 +379,17 @@ class Router(EnvoyAdmin):
                 self.last_reload_s = time.perf_counter() - started
                 log.debug("Envoy took new %s in %.1f ms", what, self.last_reload_s * 1000)
                 return
-            if int(now.get(rejected_stat) or 0) > int(before.get(rejected_stat) or 0):
+            rejected = int(now.get(rejected_stat) or 0)
+            if rejected > seen:
                 reason = self._rejection_reason(log_offset)
-                self._restore(dest, previous, tmp)
-                raise RoutingError(
-                    f"Envoy rejected the new {what} and keeps the old ones: {reason}. "
-                    "Routing is unchanged; fix the route (or the weights) and try again"
-                )
+                if reason is not None or certain:
+                    self._restore(dest, previous, tmp)
+                    raise RoutingError(
+                        f"Envoy rejected the new {what} and keeps the old ones: "
+                        f"{reason or f'no reason found in {self.paths.log}'}. "
+                        "Routing is unchanged; fix the route (or the weights) and try again"
+                    )
+                seen = rejected  # another writer's rejection, before this write
             if time.monotonic() > deadline:
                 self._restore(dest, previous, tmp)
                 raise RoutingError(
@@ -345,7 +411,8 @@ class Router(EnvoyAdmin):
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
 
-    def _rejection_reason(self, offset: int) -> str:
+    def _rejection_reason(self, offset: int) -> str | None:
+        """Envoy's reason for rejecting a config, as logged after ``offset`` (None: none)."""
         for _ in range(50):  # the warning may reach the log a moment after the counter moved
             try:
                 with open(self.paths.log, "rb") as fh:
@@ -357,7 +424,7 @@ class Router(EnvoyAdmin):
                 if _REJECTED_MARK in line:
                     return line.split(_REJECTED_MARK, 1)[1].strip()
             time.sleep(0.01)
-        return f"no reason found in {self.paths.log}"
+        return None
 
     def write_empty(self) -> None:
         """Drop every route and cluster (the endpoint is being deleted)."""
@@ -368,6 +435,6 @@ class Router(EnvoyAdmin):
                 self.paths.cds,
                 [],
                 version_stat="cluster_manager.cds.version_text",
-                rejected_stat="cluster_manager.cds.update_rejected",
+                rejected_stat=_CLUSTERS_REJECTED,
                 what="clusters",
             )

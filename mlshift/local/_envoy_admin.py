@@ -2,7 +2,7 @@
 
 The admin interface can stop Envoy, drain its listener and dump its config, so it is not on a
 TCP port (which every local user could reach): it is a Unix socket, mode 0600, in the
-endpoint's ``envoy/`` directory (itself 0700), spoken to with httpx over the socket. A state
+endpoint's ``envoy/`` directory (itself 0700), spoken to over HTTP on the socket. A state
 directory too deep for a socket address (about 100 bytes) gets its socket in a private
 directory of the user's under the temp dir instead. Windows has no Unix sockets for this, so
 there the admin stays on a loopback TCP port.
@@ -10,25 +10,33 @@ there the admin stays on a loopback TCP port.
 ``EnvoyAdmin`` is the base class of ``Router`` (``_envoy``), which says where the running
 Envoy's admin is; it reads pages and stats, Envoy's health checks, and tells a router that runs
 but serves nothing (``listening``: its listener drained; ``route_count``: its routes lost).
+
+The admin is asked on the hot path of every shift (is the version gaining weight healthy? did
+Envoy take the new routes?), so it is spoken to with the standard library's ``http.client``
+over kept-alive connections (a small pool: the sampler thread and a verb ask at once): about a
+quarter of the CPU an httpx request costs, which on a busy 2-core machine is most of a shift.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import http.client
 import os
 import socket
 import stat
 import tempfile
 import threading
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 
 from mlshift._exceptions import LocalModeError, RoutingError
 
-__all__ = ["UNIX_ADMIN", "EnvoyAdmin", "admin_socket_path"]
+__all__ = ["UNIX_ADMIN", "AdminResponse", "EnvoyAdmin", "admin_socket_path"]
 
 # Windows: no Unix socket admin (Envoy's Windows build and Python's AF_UNIX support there are
 # partial), so the admin falls back to a loopback TCP port, reachable by every local user.
@@ -68,16 +76,87 @@ def admin_socket_path(envoy_dir: Path) -> Path:
     return private / f"{digest}.sock"
 
 
-def _admin_client(address: str) -> httpx.Client:
-    """An HTTP client for Envoy's admin at ``address`` (``unix:/path`` or ``host:port``)."""
-    if address.startswith("unix:"):
-        return httpx.Client(
-            transport=httpx.HTTPTransport(uds=address.removeprefix("unix:")),
-            base_url="http://envoy-admin",
-            timeout=2.0,
-            trust_env=False,
-        )
-    return httpx.Client(base_url=f"http://{address}", timeout=2.0, trust_env=False)
+@dataclass(frozen=True)
+class AdminResponse:
+    """One answer of Envoy's admin: its status code and body."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        """The body as text."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return orjson.loads(self.content)
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection to Envoy's admin at ``unix:/path`` or ``host:port``."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self._socket_path = address.removeprefix("unix:") if address.startswith("unix:") else ""
+        if self._socket_path:
+            super().__init__("envoy-admin", timeout=timeout)  # the Host header only
+        else:
+            host, _, port = address.rpartition(":")
+            super().__init__(host, int(port), timeout=timeout)
+
+    def connect(self) -> None:
+        if not self._socket_path:
+            super().connect()
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _AdminPool:
+    """Kept-alive connections to one admin address, each used by one thread at a time."""
+
+    def __init__(self, address: str, timeout: float = 2.0) -> None:
+        self.address = address
+        self._timeout = timeout
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+
+    def request(self, method: str, target: str) -> AdminResponse:
+        """Send one request; a kept-alive connection Envoy closed meanwhile is retried once."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        for fresh in (False, True) if conn is not None else (True,):
+            if fresh:
+                conn = _Connection(self.address, self._timeout)
+            assert conn is not None
+            try:
+                conn.request(method, target)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                if fresh:
+                    raise
+                continue
+            if response.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+            return AdminResponse(response.status, body)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 class EnvoyAdmin(abc.ABC):
@@ -97,7 +176,7 @@ class EnvoyAdmin(abc.ABC):
         # One client per admin address, closed only by close(): the sampler thread and a verb
         # use the router at once, and the address changes only when a TCP admin (Windows)
         # comes back on another port. The socket path never changes.
-        self._clients: dict[str, httpx.Client] = {}
+        self._clients: dict[str, _AdminPool] = {}
         self._clients_lock = threading.Lock()
         self._admin_address = ""  # the running Envoy's, as last read from its record
 
@@ -119,17 +198,17 @@ class EnvoyAdmin(abc.ABC):
             self._admin_address = address
         return self._admin_address
 
-    def _admin_for(self, address: str) -> httpx.Client:
+    def _admin_for(self, address: str) -> _AdminPool:
         with self._clients_lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = _admin_client(address)
+                client = self._clients[address] = _AdminPool(address)
             return client
 
     def _ready(self, admin: str) -> bool:
         try:
-            return self._admin_for(admin).get("/ready").status_code == 200
-        except httpx.HTTPError:
+            return self._admin_for(admin).request("GET", "/ready").status_code == 200
+        except (OSError, http.client.HTTPException):
             return False
 
     def close(self) -> None:
@@ -171,20 +250,25 @@ class EnvoyAdmin(abc.ABC):
             for host in (config.get("route_config") or {}).get("virtual_hosts") or ()
         )
 
-    def get(self, path: str, **params: str) -> httpx.Response:
+    def get(self, path: str, **params: str) -> AdminResponse:
         """GET an admin page (``/stats``, ``/clusters?format=json``...).
 
         Raises:
             RoutingError: Envoy is not running or does not answer.
         """
+        target = f"{path}?{urllib.parse.urlencode(params)}" if params else path
         try:
-            response = self._admin_for(self.admin).get(path, params=params)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
+            response = self._admin_for(self.admin).request("GET", target)
+        except (OSError, http.client.HTTPException) as exc:
             self._admin_address = ""  # read again from the record next time
             raise RoutingError(
-                f"Envoy's admin did not answer {path}: {exc}; see {self._log_path}"
+                f"Envoy's admin did not answer {path}: {exc!r}; see {self._log_path}"
             ) from exc
+        if response.status_code >= 400:
+            raise RoutingError(
+                f"Envoy's admin answered {response.status_code} to {path}: "
+                f"{response.text[:200]}; see {self._log_path}"
+            )
         return response
 
     def stats(self, pattern: str) -> dict[str, Any]:

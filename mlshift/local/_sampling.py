@@ -11,6 +11,7 @@ window (``mlshift._prediction_stats``). Parsing and storage are in ``_stats`` an
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,13 @@ from mlshift.local._predictions import (
     server_metrics,
     window,
 )
-from mlshift.local._stats import Sampler, SampleStore, parse_prometheus, stats_filter
+from mlshift.local._stats import (
+    Sampler,
+    SampleStore,
+    parse_health,
+    parse_prometheus,
+    stats_filter,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +45,12 @@ if TYPE_CHECKING:
     from mlshift._state import EndpointState
     from mlshift.local._envoy import Router
 
-__all__ = ["MeshSampling"]
+__all__ = ["HEALTH_MAX_AGE_S", "MeshSampling"]
+
+HEALTH_MAX_AGE_S = 1.5
+"""How old the thread's read of Envoy's health checks may be for a shift to go by it: one
+sampling interval and a half (Envoy itself takes two failed checks, half a second apart, to
+take a version out)."""
 
 
 class MeshSampling:
@@ -68,6 +80,8 @@ class MeshSampling:
         self._predictions_due = 0.0
         self._thread = Sampler(self._tick, interval_s=1.0)
         self._ticking: int | None = None  # the sampler thread's ident, once it ran
+        # Envoy's health check per version as last read, and when that read began.
+        self._health: tuple[float, dict[str, bool]] = (-math.inf, {})
 
     @property
     def running(self) -> bool:
@@ -102,8 +116,21 @@ class MeshSampling:
         if not versions:
             return
         clusters = {xds.cluster_name(self.name, v): v for v in versions}
+        started = time.monotonic()
         text = router.get("/stats/prometheus", filter=stats_filter(clusters)).text
         self.samples.append(parse_prometheus(text, clusters, timestamp=time.time()))
+        self._health = (started, parse_health(text, clusters))
+
+    def health(self, *, max_age_s: float = HEALTH_MAX_AGE_S) -> dict[str, bool]:
+        """Return {version: healthy?} as Envoy's health checks were last read (every second
+        while the thread runs), or {} when that read began more than ``max_age_s`` ago.
+
+        Example:
+            >>> sampling.health()  # doctest: +SKIP
+            {'v1': True, 'v2': True}
+        """
+        started, health = self._health
+        return dict(health) if time.monotonic() - started <= max_age_s else {}
 
     def sample_predictions(self) -> None:
         """Read every running version's prediction counters once and store them."""

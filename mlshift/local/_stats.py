@@ -31,7 +31,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlshift._exceptions import MetricsUnavailableError
 from mlshift._frame import Snapshot
 
-__all__ = ["SampleStore", "Sampler", "append_line", "parse_prometheus", "stats_filter"]
+__all__ = [
+    "SampleStore",
+    "Sampler",
+    "append_line",
+    "parse_health",
+    "parse_prometheus",
+    "stats_filter",
+]
 
 log = logging.getLogger("mlshift.local")
 
@@ -39,14 +46,39 @@ _MAX_BYTES = 4 * 1024 * 1024
 
 
 def stats_filter(clusters: Iterable[str]) -> str:
-    """Return the admin ``filter`` regex that selects the stats ``parse_prometheus`` needs.
+    """Return the admin ``filter`` regex that selects the stats ``parse_prometheus`` and
+    ``parse_health`` need.
 
     Example:
         >>> stats_filter(["churn_v1"])
-        '^cluster\\\\.(churn_v1)\\\\.(upstream_rq_[1-5]xx|upstream_rq_time)$'
+        '^cluster\\\\.(churn_v1)\\\\.(upstream_rq_[1-5]xx|upstream_rq_time|membership_healthy)$'
     """
     names = "|".join(re.escape(c) for c in clusters)
-    return rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time)$"
+    return rf"^cluster\.({names})\.(upstream_rq_[1-5]xx|upstream_rq_time|membership_healthy)$"
+
+
+_HEALTHY = re.compile(
+    r'^envoy_cluster_membership_healthy\{envoy_cluster_name="([^"]+)"\} (\S+)$', re.MULTILINE
+)
+
+
+def parse_health(text: str, clusters: Mapping[str, str]) -> dict[str, bool]:
+    """Return {version: healthy?} from ``/stats/prometheus`` text (Envoy's health checks).
+
+    Healthy means Envoy's active health check of the version's host passes, so Envoy routes
+    to it (``membership_healthy``); a version whose cluster is not in the text is left out.
+
+    Example:
+        >>> text = 'envoy_cluster_membership_healthy{envoy_cluster_name="churn_v1"} 1'
+        >>> parse_health(text, {"churn_v1": "v1", "churn_v2": "v2"})
+        {'v1': True}
+    """
+    out: dict[str, bool] = {}
+    for cluster, value in _HEALTHY.findall(text):
+        version = clusters.get(cluster)
+        if version is not None:
+            out[version] = float(value) > 0
+    return out
 
 
 def parse_prometheus(text: str, clusters: Mapping[str, str], *, timestamp: float) -> list[Snapshot]:

@@ -24,7 +24,6 @@ state once every step ran.
 from __future__ import annotations
 
 import abc
-import copy
 import dataclasses
 import json
 import logging
@@ -246,8 +245,8 @@ class PlanSteps(abc.ABC):
             )
 
     def _patch_routes(self, patch: dict[str, Any], plan: Plan) -> None:
-        stored = self.files.stored("VirtualService")
-        vs = copy.deepcopy(stored) if stored else render_virtual_service(plan.state)
+        stored = self.files.stored("VirtualService")  # just read: a copy of its own
+        vs = stored if stored else render_virtual_service(plan.state)
         vs.setdefault("spec", {})
         vs["spec"]["http"] = merge_routes(
             stored["spec"].get("http") if stored else None, patch["http"]

@@ -2,7 +2,8 @@
 
 Covers: the observed split at 90/10, 50/50 and 60/30/10 (within 3 points over thousands of
 requests), header rules beating weights, five shifts under continuous traffic without a single
-non-2xx, invalid routes refused with routing and stored state unchanged, a plan computed from
+non-2xx, invalid routes refused with routing and stored state unchanged (also after another
+engine's refused routes, which must not be taken for the next change's), a plan computed from
 routes another engine changed since refused (``ConflictError``) and two engines changing the
 traffic at once keeping both changes, reattaching from a second Python process, and
 per-version metrics read from Envoy's stats.
@@ -117,6 +118,30 @@ def test_routes_envoy_rejects_leave_routing_unchanged(mesh3: Mesh) -> None:
     with pytest.raises(RoutingError, match="rejected"):
         mesh3.engine.execute(plan_change(mesh3.state, bad))
     _assert_unchanged(mesh3)
+
+
+def test_another_engines_rejected_routes_do_not_fail_the_next_change(mesh3: Mesh) -> None:
+    # The router remembers Envoy's rejection counter from its last read instead of asking
+    # before each write; a rejection by another process in between must not be taken for
+    # this engine's own.
+    mesh3.traffic({"v1": 100, "v2": 0, "v3": 0})
+    other = LocalEngine("churn", mesh3.target.home)  # another notebook on the same mesh
+    try:
+        loaded = other.load("churn")
+        assert loaded is not None
+        zero = replace_weights(loaded[0], {"v1": 0, "v2": 0, "v3": 0})
+        with pytest.raises(RoutingError, match="Sum of weights"):
+            other.execute(plan_change(loaded[0], zero))
+    finally:
+        other.close()
+    mesh3.traffic({"v1": 0, "v2": 100, "v3": 0})
+    assert hit(mesh3.url, 50)[0] == Counter({"v2": 50})
+    # And its own rejected change is still reported, with Envoy's reason.
+    assert mesh3.state is not None
+    zero = replace_weights(mesh3.state, {"v1": 0, "v2": 0, "v3": 0})
+    with pytest.raises(RoutingError, match="Sum of weights"):
+        mesh3.engine.execute(plan_change(mesh3.state, zero))
+    assert hit(mesh3.url, 50)[0] == Counter({"v2": 50})
 
 
 def test_routes_to_unknown_version_refused(mesh3: Mesh) -> None:
