@@ -297,7 +297,9 @@ class SampleRatio:
         w_s = interval.weights.get(interval.stable, 0)
         total = n_c + n_s
         if total < self.min_requests or w_c + w_s == 0:
-            return Verdict(self.name, "inconclusive", f"{total:.0f} requests (< {self.min_requests})")
+            return Verdict(
+                self.name, "inconclusive", f"{total:.0f} requests (< {self.min_requests})"
+            )
         expected = w_c / (w_c + w_s)
         share, p = sample_ratio(n_c, total, expected)
         numbers = {"observed_share": share, "expected_share": expected, "p_value": p}

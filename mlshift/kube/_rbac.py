@@ -11,6 +11,7 @@ deployments (apps)       get list create patch      one per version; poll its ro
                          delete                     the endpoint's versions
 replicasets (apps)       list                       which pods belong to the newest rollout
 pods, events             list                       say why a version is not ready
+pods/proxy               get                        read each replica's request journal (ep.compare)
 services                 create patch delete        the endpoint's Service
 destinationrules         get create patch delete    one subset per version (Istio)
 virtualservices          get create patch delete    the weights; never ``update`` (PUT)
@@ -36,6 +37,7 @@ RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
     {
         "apiGroups": ["networking.istio.io"],

@@ -71,7 +71,9 @@ def test_two_proportions_false_alarm_rate_is_at_most_the_level() -> None:
     n_c, n_s, rate = 400, 4000, 0.01
     e_c = rng.binomial(n_c, rate, 20000)
     e_s = rng.binomial(n_s, rate, 20000)
-    ps = np.array([two_proportions(a, n_c, b, n_s, margin=0.0)[1] for a, b in zip(e_c, e_s)])
+    ps = np.array(
+        [two_proportions(a, n_c, b, n_s, margin=0.0)[1] for a, b in zip(e_c, e_s, strict=True)]
+    )
     assert (ps < 0.05).mean() <= 0.05
 
 
@@ -92,7 +94,9 @@ def test_min_sample_gives_the_promised_power() -> None:
     rng = np.random.default_rng(4)
     bad = rng.binomial(n, 0.03, 4000)
     stable = rng.binomial(50 * n, 0.01, 4000)
-    ps = np.array([two_proportions(a, n, b, 50 * n, margin=0.01)[1] for a, b in zip(bad, stable)])
+    ps = np.array(
+        [two_proportions(a, n, b, 50 * n, margin=0.01)[1] for a, b in zip(bad, stable, strict=True)]
+    )
     assert 0.75 <= (ps < 0.025).mean() <= 0.9
     with pytest.raises(ValueError):
         min_sample(0.01, 0)
