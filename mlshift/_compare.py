@@ -105,6 +105,13 @@ class Comparison:
         return out.reset_index()
 
 
+def _label(value: Any) -> str:
+    """A prediction as a class label: 1, 1.0 and np.int64(1) are all ``"1"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _is_number(values: pd.Series) -> bool:
     return bool(len(values)) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
@@ -156,9 +163,10 @@ def compare(
             summary["mean_abs_diff"] = float(diff.mean())
             summary["p95_abs_diff"] = float(np.quantile(diff, 0.95))
     else:
-        frame["agree"] = [str(u) == str(v) for u, v in zip(frame[a], frame[b], strict=True)]
+        labels_a, labels_b = frame[a].map(_label), frame[b].map(_label)
+        frame["agree"] = labels_a == labels_b
         if len(frame):
-            confusion = pd.crosstab(frame[a].astype(str).rename(a), frame[b].astype(str).rename(b))
+            confusion = pd.crosstab(labels_a.rename(a), labels_b.rename(b))
     agree = float(frame["agree"].sum())
     n = float(len(frame))
     low, high = wilson(agree, n)
