@@ -4,7 +4,8 @@
 the caller's, with ``blocking=True``) it shifts the canary to each step, and every
 ``interval`` judges everything seen since the step began with the gates (``mlshift._gates``).
 
-- A *pass* moves to the next step; the last step at 100 % is a promotion.
+- A *pass* moves to the next step; a last step at 100 % is the promotion itself (it is not
+  judged: the stable version gets no traffic left to compare with).
 - ``threshold`` looks in a row that *fail* (or are *invalid*: routing does not match the
   weights) roll back. "In a row" means consecutive looks: a pass or an inconclusive look
   breaks the streak.
@@ -246,6 +247,8 @@ def run_canary(
         for weight in steps:
             ep.shift(version, weight)
             log.info("canary %s at %d %%", version, weight)
+            if weight == 100:
+                break  # the promotion: with no stable traffic left there is nothing to compare
             start = time.time()
             fails = inconclusive = 0
             while True:

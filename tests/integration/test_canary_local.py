@@ -109,14 +109,18 @@ def test_relative_gate_rolls_back_what_an_absolute_limit_passes(
     fresh: Any, data: tuple[Any, Any]
 ) -> None:
     X, _ = data
-    traffic = fresh.send(X, rps=300, duration="40s")
+    traffic = fresh.send(X, rps=300, duration="60s", concurrency=32)
     gates = [ErrorRate(0.005), MaxErrorRate(0.05, min_requests=50)]
-    run = fresh.canary("v3", steps=(50, 100), interval="2s", gates=gates, max_inconclusive=10)
+    # One failing look suffices: the gates' false-alarm rate is bounded by alpha over the run.
+    run = fresh.canary(
+        "v3", steps=(50, 100), interval="5s", gates=gates, threshold=1, max_inconclusive=10
+    )
     run.wait()
     traffic.stop()
     history = run.history
     assert run.outcome.startswith("rolled back to v1: error-rate"), history
     assert set(history["max-error-rate"]) <= {"pass", "inconclusive"}, history
+    assert len(history) <= 2, history  # within two intervals of getting traffic
     assert fresh.weights == {"v1": 100, "v2": 0, "v3": 0, "v4": 0, "v5": 0}
 
 
@@ -126,9 +130,10 @@ def test_latency_gate_trips_on_a_forty_percent_slower_version(
     X, _ = data
     fresh.promote("v2")  # 10 ms a call; v4 takes 14 ms
     traffic = fresh.send(X, rps=150, duration="40s")
-    run = fresh.canary("v4", steps=(50, 100), interval="2s", gates=[Latency(0.2)])
+    run = fresh.canary("v4", steps=(50, 100), interval="3s", gates=[Latency(0.2)])
     run.wait()
     traffic.stop()
+    print(run.history[["verdict", "reason"]].to_string())
     assert run.outcome.startswith("rolled back to v2: latency"), run.history
     assert "Mann-Whitney" in run.outcome
 
@@ -181,7 +186,9 @@ def test_cancel_and_errors_restore_a_three_way_split(fresh: Any) -> None:
     split = {"v1": 60, "v2": 0, "v3": 0, "v4": 0, "v5": 40}
     fresh.shift(split)
     run = fresh.canary("v2", steps=(50, 100), interval="60s")
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while fresh.reader().weights["v2"] != 50 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the run's thread shifts to its first step
     assert fresh.reader().weights["v2"] == 50
     run.cancel()
     assert run.outcome == "rolled back to v1 60 %, v5 40 %: cancelled"
@@ -201,7 +208,7 @@ def test_shadow_answers_are_paired_by_request_id(fresh: Any, data: tuple[Any, An
     ok = 0
     while ok < 2000:  # however fast this machine sends
         sent = fresh.send(X, rps=250, duration="4s", concurrency=32).wait().results
-        versions |= set(sent["version"])
+        versions |= set(sent[sent["status"] == 200]["version"])
         ok += int((sent["status"] == 200).sum())
     time.sleep(1.0)  # mirrored copies finish after the primary answered
     assert versions == {"v1"}  # users only ever got the primary's answers
