@@ -90,10 +90,10 @@ class SimEndpoint:
 
 
 def mlshift_run(
-    rng: np.random.Generator, interval: float, error: float, threshold: int
+    rng: np.random.Generator, interval: float, error: float, threshold: int, stable: float
 ) -> tuple[str, int]:
     """One simulated mlshift canary: its outcome and how many looks it took."""
-    ep = SimEndpoint(rng, interval, error)
+    ep = SimEndpoint(rng, interval, error, stable_error=stable)
     gates = [ErrorRate(TOLERANCE), Latency(0.2), SampleRatio()]
     run = run_canary(
         ep,  # type: ignore[arg-type]
@@ -146,16 +146,21 @@ def main() -> int:
     interval = float(math.ceil(plan["seconds"].iloc[0]))  # the first step decides in one look
     rng = np.random.default_rng(2026)
     rows = []
-    for label, error in (("healthy (0.5 % = stable)", BASELINE), ("bad (3 % vs 0.5 %)", 0.03)):
+    scenarios = (
+        ("healthy (0.5 % = stable)", BASELINE, BASELINE),
+        ("bad (3 % vs 0.5 %)", 0.03, BASELINE),
+        ("healthy on a bad day (1.5 % = stable)", 0.015, 0.015),
+    )
+    for label, error, stable in scenarios:
         for name, fn in (
-            ("mlshift, threshold 1", lambda e: mlshift_run(rng, interval, e, 1)),
-            ("mlshift, threshold 2", lambda e: mlshift_run(rng, interval, e, 2)),
+            ("mlshift, threshold 1", lambda e, s: mlshift_run(rng, interval, e, 1, s)),
+            ("mlshift, threshold 2", lambda e, s: mlshift_run(rng, interval, e, 2, s)),
             (
                 "Flagger-style 1 % limit, threshold 2",
-                lambda e: flagger_run(rng, interval, e, 0.01, 2),
+                lambda e, s: flagger_run(rng, interval, e, 0.01, 2),
             ),
         ):
-            outcomes = [fn(error) for _ in range(RUNS)]
+            outcomes = [fn(error, stable) for _ in range(RUNS)]
             kinds = [k for k, _ in outcomes]
             back = [looks for k, looks in outcomes if k == "rollback"]
             rows.append(
@@ -187,7 +192,9 @@ def main() -> int:
         "",
         _markdown(table),
         "",
-        "Goal: healthy canaries rolled back at most alpha (5 %) of the time over a whole run.",
+        "Goal: healthy canaries rolled back at most alpha (5 %) of the time over a whole run."
+        " The last rows show why the comparison is relative: on a day the stable version"
+        " itself fails 1.5 %, an absolute 1 % limit rolls back a canary that is just as good.",
         "",
     ]
     out = "\n".join(text)

@@ -229,3 +229,15 @@ def test_the_journal_records_ids_latencies_and_answers(fresh: Any, tmp_path: Pat
     last = journal.iloc[-1]
     assert last["id"] and last["status"] == 200 and last["latency_ms"] > 0
     assert last["prediction"] in (0, 1)
+
+
+def test_the_command_line_exits_non_zero_without_promotion(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlshift.__main__ import main
+
+    monkeypatch.setenv("MLSHIFT_HOME", str(fresh.target.home))
+    argv = ["canary", "churn", "v2", "--steps", "50,100", "--interval", "1s"]
+    assert main([*argv, "--max-inconclusive", "0"]) == 1  # no traffic: timed out
+    assert "timed out at 50 %" in capsys.readouterr().err
+    assert fresh.reader().weights["v2"] == 0
