@@ -106,7 +106,9 @@ class Comparison:
 
 
 def _label(value: Any) -> str:
-    """A prediction as a class label: 1, 1.0 and np.int64(1) are all ``"1"``."""
+    """A prediction as a class label: 1, 1.0 and True are all ``"1"``."""
+    if isinstance(value, bool):
+        return str(int(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

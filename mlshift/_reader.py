@@ -384,6 +384,19 @@ class EndpointReader:
         preds = self.predictions(since=since) if predictions else None
         return dashboard(frame, predictions=preds, title=f"{self.name} ({self.target.name})")
 
+    def plot_compare(
+        self, a: str, b: str, since: str | float = "10m", *, step: str = "1min"
+    ) -> Any:
+        """How often ``a`` and ``b`` gave the same answer to the same request, over time.
+
+        Example:
+            >>> ep.shadow("v2"); ep.plot_compare("v1", "v2", since="30m")  # doctest: +SKIP
+        """
+        from mlshift.plot import agreement  # lazy shim, as plot()
+
+        cmp = self.compare(a, b, since=since)
+        return agreement(cmp.over_time(step), title=repr(cmp)).figure
+
     # -- display -----------------------------------------------------------------------------
 
     def __repr__(self) -> str:

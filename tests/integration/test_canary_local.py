@@ -129,11 +129,11 @@ def test_latency_gate_trips_on_a_forty_percent_slower_version(
 ) -> None:
     X, _ = data
     fresh.promote("v2")  # 10 ms a call; v4 takes 14 ms
-    traffic = fresh.send(X, rps=150, duration="40s")
+    # A rate both versions serve without queueing: the model's time is what differs.
+    traffic = fresh.send(X, rps=60, duration="40s")
     run = fresh.canary("v4", steps=(50, 100), interval="3s", gates=[Latency(0.2)])
     run.wait()
     traffic.stop()
-    print(run.history[["verdict", "reason"]].to_string())
     assert run.outcome.startswith("rolled back to v2: latency"), run.history
     assert "Mann-Whitney" in run.outcome
 

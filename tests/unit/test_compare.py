@@ -64,3 +64,28 @@ def test_only_requests_with_an_id_in_both_journals_pair() -> None:
     empty = compare("v1", a, "v2", failed)
     assert empty.summary["pairs"] == 0 and math.isnan(empty.summary["agreement"])
     assert "no paired requests" in repr(empty)
+
+
+def test_plot_compare_draws_agreement_over_time(models: list[Any]) -> None:
+    import time
+
+    import mlshift
+    from tests.unit.memory import MemoryEngine, MemoryTarget
+
+    ep = mlshift.Endpoint("churn", MemoryTarget())
+    ep.deploy(models[0], "v1")
+    ep.deploy(models[1], "v2")
+    engine = ep.engine
+    assert isinstance(engine, MemoryEngine)
+    now = time.time()
+    engine.journals["v1"] = [
+        {"id": f"r{i}", "time": now - 100 + i, "status": 200, "prediction": [1]} for i in range(90)
+    ]
+    engine.journals["v2"] = [
+        {"id": f"r{i}", "time": now - 100 + i, "status": 200, "prediction": [i % 10 != 0]}
+        for i in range(90)
+    ]
+    assert ep.compare("v1", "v2", since="5m").summary["pairs"] == 90
+    fig = ep.plot_compare("v1", "v2", since="5m", step="30s")
+    line = fig.axes[0].lines[0]
+    assert min(line.get_ydata()) > 50 and max(line.get_ydata()) <= 100
