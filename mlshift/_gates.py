@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from mlshift._stats_tests import holm, mann_whitney, min_sample, sample_ratio, two_proportions
+from mlshift._stats_tests import (
+    holm,
+    mann_whitney,
+    min_sample,
+    sample_ratio,
+    tail_excess,
+    two_proportions,
+)
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -193,8 +200,10 @@ class ErrorRate:
 class Latency:
     """Relative latency gate: fail when the canary's latencies, divided by ``1 + tolerance``
     (0.2: "no more than 20 % slower"), are still greater than stable's (Mann–Whitney U on
-    per-request latencies). Without per-request latencies it compares the frame's p99 with
-    the tolerance (a point estimate, no test).
+    per-request latencies: the whole distribution, as Kayenta). With ``quantile`` (0.99:
+    "p99 no more than 20 % worse") it tests that quantile instead: a binomial test on how
+    many canary requests exceed ``1 + tolerance`` times stable's p99. Without per-request
+    latencies it compares the frame's p99 with the tolerance (a point estimate, no test).
 
     Example:
         >>> Latency(tolerance=0.2).name
@@ -203,6 +212,7 @@ class Latency:
 
     tolerance: float = 0.2
     min_requests: int = 100
+    quantile: float | None = None
     name: str = "latency"
 
     def check(self, interval: Interval) -> Verdict:
@@ -211,11 +221,18 @@ class Latency:
         lat_c, lat_s = interval.latencies.get(c), interval.latencies.get(s)
         numbers: dict[str, float] = {"canary_p99_ms": p99_c, "stable_p99_ms": p99_s}
         if lat_c is not None and lat_s is not None and len(lat_c) and len(lat_s):
-            effect, p = mann_whitney(lat_c, lat_s, tolerance=self.tolerance)
+            if self.quantile is None:
+                effect, p = mann_whitney(lat_c, lat_s, tolerance=self.tolerance)
+                test = "Mann-Whitney"
+            else:
+                effect, p = tail_excess(
+                    lat_c, lat_s, quantile=self.quantile, tolerance=self.tolerance
+                )
+                test = f"share above the limit {effect:.1%}, binomial"
             numbers |= {"effect": effect, "canary_requests": float(len(lat_c)), "p_value": p}
             text = (
                 f"p99 {p99_c:.1f} ms vs {s} {p99_s:.1f} ms (tolerance +{self.tolerance:.0%},"
-                f" Mann-Whitney p={p:.2g}, n={len(lat_c)})"
+                f" {test} p={p:.2g}, n={len(lat_c)})"
             )
             if p < interval.level:
                 return Verdict(self.name, "fail", text, numbers, p)

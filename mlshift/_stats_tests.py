@@ -6,6 +6,8 @@
 - ``mann_whitney``: are the canary's latencies, divided by ``1 + tolerance``, still
   stochastically greater than the stable ones? One-sided Mann–Whitney U with the normal
   approximation and tie correction (Kayenta's test, with a tolerance).
+- ``tail_excess``: is the canary's p99 (or another quantile) more than ``1 + tolerance``
+  times stable's? A one-sided binomial test on how many canary latencies exceed that limit.
 - ``sample_ratio``: does the canary's observed share of requests match its weight?
   Chi-square goodness of fit with one degree of freedom.
 - ``wilson``: a confidence interval for a proportion (agreement rates).
@@ -27,12 +29,14 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "binomial_tail",
     "holm",
     "look_alpha",
     "mann_whitney",
     "min_sample",
     "normal_quantile",
     "sample_ratio",
+    "tail_excess",
     "two_proportions",
     "wilson",
 ]
@@ -118,6 +122,56 @@ def mann_whitney(
         return u / (n1 * n2), 1.0
     z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(var)  # continuity correction
     return u / (n1 * n2), _upper_tail(z)
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact).
+
+    Example:
+        >>> round(binomial_tail(3, 10, 0.1), 4)
+        0.0702
+    """
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    base = math.lgamma(n + 1)
+    terms = [
+        base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        for i in range(k, n + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def tail_excess(
+    canary: npt.ArrayLike, stable: npt.ArrayLike, *, quantile: float, tolerance: float
+) -> tuple[float, float]:
+    """Is the canary's ``quantile`` more than ``1 + tolerance`` times stable's?
+
+    The limit is ``(1 + tolerance)`` x stable's ``quantile`` (taken as known: the stable
+    sample is the larger one at small canary weights); if the canary's quantile were within
+    it, at most ``1 - quantile`` of its values would exceed it. Returns ``(share above the
+    limit, p_value)`` of the one-sided binomial test; NaN when a sample is empty.
+
+    Example:
+        >>> share, p = tail_excess([30.0] * 20 + [10.0] * 180, [10.0] * 990 + [20.0] * 10,
+        ...                        quantile=0.99, tolerance=0.2)
+        >>> share, p < 1e-6
+        (0.1, True)
+    """
+    x = np.asarray(canary, dtype=np.float64)
+    y = np.asarray(stable, dtype=np.float64)
+    if len(x) == 0 or len(y) == 0:
+        return math.nan, math.nan
+    limit = float(np.quantile(y, quantile)) * (1.0 + tolerance)
+    above = int(np.sum(x > limit))
+    return above / len(x), binomial_tail(above, len(x), 1.0 - quantile)
 
 
 def sample_ratio(observed: float, total: float, expected_share: float) -> tuple[float, float]:

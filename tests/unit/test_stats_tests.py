@@ -100,3 +100,22 @@ def test_min_sample_gives_the_promised_power() -> None:
     assert 0.75 <= (ps < 0.025).mean() <= 0.9
     with pytest.raises(ValueError):
         min_sample(0.01, 0)
+
+
+def test_binomial_tail_matches_scipy() -> None:
+    from mlshift._stats_tests import binomial_tail
+
+    for k, n, p in ((3, 10, 0.1), (0, 5, 0.5), (7, 200, 0.01), (40, 100, 0.3)):
+        assert binomial_tail(k, n, p) == pytest.approx(stats.binom.sf(k - 1, n, p), rel=1e-9)
+    assert binomial_tail(11, 10, 0.5) == 0.0
+
+
+def test_tail_excess_sees_a_slower_p99_and_forgives_the_tolerance() -> None:
+    from mlshift._stats_tests import tail_excess
+
+    rng = np.random.default_rng(5)
+    stable = rng.lognormal(2.0, 0.3, 4000)
+    slow = rng.lognormal(2.0, 0.3, 800) * 1.4
+    assert tail_excess(slow, stable, quantile=0.99, tolerance=0.2)[1] < 1e-4
+    same = rng.lognormal(2.0, 0.3, 800) * 1.1
+    assert tail_excess(same, stable, quantile=0.99, tolerance=0.2)[1] > 0.01
