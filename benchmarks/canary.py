@@ -43,6 +43,7 @@ class SimEndpoint:
     interval: float
     canary_error: float
     canary_slowdown: float = 1.0
+    stable_error: float = BASELINE
     weights: dict[str, int] = field(default_factory=lambda: {"v1": 100, "v2": 0})
     _counts: dict[str, list[float]] = field(default_factory=dict)
     _lat: dict[str, list[np.ndarray[Any, Any]]] = field(default_factory=dict)
@@ -70,7 +71,7 @@ class SimEndpoint:
         split = self.rng.multinomial(total, shares)
         rows = []
         for (version, counts), n in zip(self._counts.items(), split, strict=True):
-            rate = self.canary_error if version == "v2" else BASELINE
+            rate = self.canary_error if version == "v2" else self.stable_error
             counts[0] += n
             counts[1] += self.rng.binomial(n, rate)
             slow = self.canary_slowdown if version == "v2" else 1.0

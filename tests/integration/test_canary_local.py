@@ -76,9 +76,9 @@ def ep(tmp_path_factory: pytest.TempPathFactory, data: tuple[Any, Any]) -> Itera
     endpoint = mlshift.endpoint("churn", target=Local(state_dir=tmp_path_factory.mktemp("mesh")))
     try:
         endpoint.deploy(Planted(base, fail_from=half_percent), "v1", sample=safe)
-        endpoint.deploy(Planted(base, fail_from=half_percent, delay_s=0.01), "v2", sample=safe)
+        endpoint.deploy(Planted(base, fail_from=half_percent, delay_s=0.05), "v2", sample=safe)
         endpoint.deploy(Planted(base, fail_from=three_percent), "v3", sample=safe)
-        endpoint.deploy(Planted(base, fail_from=half_percent, delay_s=0.014), "v4", sample=safe)
+        endpoint.deploy(Planted(base, fail_from=half_percent, delay_s=0.07), "v4", sample=safe)
         flip = float(np.quantile(X[:, 3], 0.9))
         endpoint.deploy(Planted(base, flip_above=flip), "v5", sample=safe)
         yield endpoint
@@ -128,15 +128,17 @@ def test_latency_gate_trips_on_a_forty_percent_slower_version(
     fresh: Any, data: tuple[Any, Any]
 ) -> None:
     X, _ = data
-    fresh.promote("v2")  # 10 ms a call; v4 takes 14 ms
+    fresh.promote("v2")  # 50 ms a call; v4 takes 70 ms
     # A rate both versions serve without queueing: the model's time is what differs.
-    traffic = fresh.send(X, rps=100, duration="40s")
-    gates = [Latency(0.2, quantile=0.99)]  # "p99 no more than 20 % worse"
+    traffic = fresh.send(X, rps=40, duration="40s")
+    # The whole distribution (Mann-Whitney): on a loaded 2-core machine the p99 of both is
+    # scheduling noise, the median is the model's time.
+    gates = [Latency(0.2)]
     run = fresh.canary("v4", steps=(50, 100), interval="3s", gates=gates)
     run.wait()
     traffic.stop()
-    assert run.outcome.startswith("rolled back to v2: latency"), run.history
-    assert "binomial" in run.outcome
+    assert run.outcome.startswith("rolled back to v2: latency"), list(run.history["reason"])
+    assert "Mann-Whitney" in run.outcome
 
 
 def test_traffic_outside_the_weights_trips_the_sample_ratio_check(
