@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["serving", "local", "routing", "image"]
+BENCHMARKS = ["serving", "local", "routing", "image", "canary"]
 HEADER = """# Benchmarks
 
 Every goal is measured side by side against a baseline in the same run, on this project's

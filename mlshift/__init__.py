@@ -44,11 +44,13 @@ from mlshift._exceptions import (
 from mlshift._plan import Plan
 
 if _TYPE_CHECKING:
-    from mlshift import image, kube, local, metrics, plot
+    from mlshift import gates, image, kube, local, metrics, plot
     from mlshift._bundle import bundle
     from mlshift._bundle_info import BundleInfo
-    from mlshift._canary import CanaryResult
+    from mlshift._canary import CanaryResult, CanaryRun
     from mlshift._client import TrafficRun
+    from mlshift._compare import Comparison
+    from mlshift._gates import canary_plan
     from mlshift.image import build_image
     from mlshift.kube import Kubernetes, rbac, waypoint
     from mlshift.local import Local
@@ -63,6 +65,8 @@ __all__ = [
     "BundleError",
     "BundleInfo",
     "CanaryResult",
+    "CanaryRun",
+    "Comparison",
     "ConfigError",
     "ConflictError",
     "DeployError",
@@ -88,9 +92,11 @@ __all__ = [
     "VersionStatus",
     "build_image",
     "bundle",
+    "canary_plan",
     "current",
     "deploy",
     "endpoint",
+    "gates",
     "image",
     "kube",
     "local",
@@ -104,6 +110,9 @@ __all__ = [
 _LAZY = {
     "BundleInfo": "mlshift._bundle_info",
     "CanaryResult": "mlshift._canary",
+    "CanaryRun": "mlshift._canary",
+    "Comparison": "mlshift._compare",
+    "canary_plan": "mlshift._gates",
     "TrafficRun": "mlshift._client",
     "bundle": "mlshift._bundle",
     "build_image": "mlshift.image",
@@ -115,7 +124,7 @@ _LAZY = {
 
 
 # Submodules reachable as attributes (``mlshift.metrics.query(...)``, ``mlshift.plot``).
-_SUBMODULES = ("image", "kube", "local", "metrics", "plot")
+_SUBMODULES = ("gates", "image", "kube", "local", "metrics", "plot")
 
 
 def __getattr__(name: str) -> _Any:

@@ -7,6 +7,7 @@ mlshift shift churn v2=10            (v2 gets 10 %, the rest pro rata)
 mlshift shift churn v1=90 v2=10
 mlshift metrics churn --since 5m
 mlshift promote churn v2 --target kubernetes --namespace ml
+mlshift canary churn v2 --steps 5,25,50,100 --interval 1m   (exit 0 promoted, 1 rolled back)
 mlshift remove churn v1
 mlshift revive churn
 mlshift rbac ml > role.yaml
@@ -47,6 +48,7 @@ _ENDPOINT_COMMANDS = {
     "rollback": "return to the previous traffic split",
     "remove": "stop and remove a version that carries no traffic",
     "revive": "restart versions whose process died (local target), e.g. after a reboot",
+    "canary": "step a version's weight up while its gates pass; exit 0 promoted, 1 otherwise",
     "metrics": "per-version requests, errors and latency over a recent window",
     "render": "print the Kubernetes and Istio objects as YAML",
     "delete": "remove the endpoint and stop every version",
@@ -136,6 +138,31 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         if name in ("promote", "remove"):
             cmd.add_argument("version")
+        if name == "canary":
+            cmd.add_argument("version")
+            cmd.add_argument("--steps", default="10,25,50,100", help="percentages (10,25,50,100)")
+            cmd.add_argument("--interval", default="30s", help="time between looks (30s)")
+            cmd.add_argument(
+                "--tolerance",
+                type=float,
+                default=0.005,
+                help="error rate allowed above stable's, absolute (0.005)",
+            )
+            cmd.add_argument(
+                "--latency-tolerance",
+                type=float,
+                default=0.2,
+                help="how much slower than stable, relative (0.2)",
+            )
+            cmd.add_argument(
+                "--max-error-rate",
+                type=float,
+                default=None,
+                help="also an absolute limit on the canary's 5xx share",
+            )
+            cmd.add_argument("--threshold", type=int, default=2, help="failing looks in a row")
+            cmd.add_argument("--max-inconclusive", type=int, default=3)
+            cmd.add_argument("--alpha", type=float, default=0.05)
         if name == "metrics":
             cmd.add_argument("--since", default="5m", help="window, e.g. 30s, 5m, 1h (5m)")
             cmd.add_argument("--step", default="10s", help="row interval (10s)")
@@ -254,6 +281,34 @@ def _status(ep: Endpoint) -> str:
     return ep.status().to_string() + "\n"
 
 
+class CanaryNotPromoted(MlshiftError):
+    """The CLI's canary ended without promotion (exit code 1)."""
+
+
+def _canary(ep: Endpoint, args: argparse.Namespace) -> str:
+    from mlshift._gates import ErrorRate, Latency, SampleRatio
+
+    try:
+        steps = tuple(int(s) for s in args.steps.split(","))
+    except ValueError as exc:
+        raise MlshiftError(f"--steps takes percentages like 5,25,50,100: {exc}") from exc
+    run = ep.canary(
+        args.version,
+        steps=steps,
+        interval=args.interval,
+        gates=[ErrorRate(args.tolerance), Latency(args.latency_tolerance), SampleRatio()],
+        max_error_rate=args.max_error_rate,
+        threshold=args.threshold,
+        max_inconclusive=args.max_inconclusive,
+        alpha=args.alpha,
+        blocking=True,
+    )
+    table = run.history[["time", "weight", "verdict", "reason"]].to_string(index=False)
+    if not run.promoted:
+        raise CanaryNotPromoted(f"{table}\ncanary {args.version}: {run.outcome}")
+    return f"{table}\ncanary {args.version}: {run.outcome}\n"
+
+
 def _run(ep: Endpoint, args: argparse.Namespace) -> str:
     """Run one endpoint command; return what to print."""
     command = args.command
@@ -295,6 +350,8 @@ def _run(ep: Endpoint, args: argparse.Namespace) -> str:
         if frame.empty:
             return f"no traffic to {ep.name} in the last {args.since}\n"
         return str(frame.to_string(index=False)) + "\n"
+    elif command == "canary":
+        return _canary(ep, args)
     elif command == "delete":
         ep.delete()
         return f"deleted {ep.name}\n"
@@ -332,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(_run(Endpoint(args.endpoint, _target(args)), args))
         return 0
+    except CanaryNotPromoted as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     except MlshiftError as exc:
         sys.stderr.write(f"mlshift: {exc}\n")
         return 2

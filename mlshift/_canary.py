@@ -1,87 +1,83 @@
-"""Automated canary: step a version's weight up while its metrics stay healthy.
+"""Automated canary: step a version's weight up while gates find it as good as stable.
 
-The gate is pure (``judge``): given the canary's rows of a metrics frame it says
-``pass``, ``fail`` or ``inconclusive``. No traffic is *inconclusive*, never a pass nor a
-failure (Flagger halts and Argo aborts on "no values found"; users asked for "wait"). The
-driver (``run_canary``) shifts, waits an interval, judges, and after ``threshold`` failed
-checks in a row rolls the canary back to 0 % — the same verbs a person would call.
+``canary()`` checks the options and starts a ``CanaryRun``: in a background thread (or in
+the caller's, with ``blocking=True``) it shifts the canary to each step, and every
+``interval`` judges everything seen since the step began with the gates (``mlshift._gates``).
+
+- A *pass* moves to the next step; a last step at 100 % is the promotion itself (it is not
+  judged: the stable version gets no traffic left to compare with).
+- ``threshold`` looks in a row that *fail* (or are *invalid*: routing does not match the
+  weights) roll back. "In a row" means consecutive looks: a pass or an inconclusive look
+  breaks the streak.
+- ``max_inconclusive`` inconclusive looks in a row at one step (not enough traffic to
+  decide) time the run out: it rolls back without promoting.
+- Rollback restores the exact split in place before the run started (three-way splits
+  included), and so does a cancellation or any exception (``try``/``finally``); the outcome
+  says why.
+
+Statistics: look ``k`` of a run spends ``alpha / (k (k + 1))`` of the false-failure budget
+(these sum to ``alpha``), and the gates of one look are corrected with Holm, so a healthy
+canary is rolled back with probability at most ``alpha`` over the whole run however many
+looks it takes (the union bound; no independence needed).
 """
 
 from __future__ import annotations
 
+import html
 import logging
-import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
 
 from mlshift._durations import parse_duration
 from mlshift._exceptions import InvalidArgumentError, MlshiftError, UnknownVersionError
+from mlshift._gates import (
+    Gate,
+    Interval,
+    MaxErrorRate,
+    MaxLatency,
+    Verdict,
+    default_gates,
+    judge,
+)
+from mlshift._stats_tests import look_alpha
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     import pandas as pd
 
     from mlshift._view import EndpointView
 
-__all__ = ["CanaryResult", "Gate", "Verdict", "canary", "judge", "run_canary"]
+__all__ = ["CanaryResult", "CanaryRun", "canary", "run_canary"]
 
 log = logging.getLogger("mlshift.canary")
-Verdict = Literal["pass", "fail", "inconclusive"]
 _TIME_DTYPE: Final = "datetime64[ns, UTC]"  # the timestamp dtype of every mlshift frame
-MESH_HINT = "no healthy pod, connection failures or timeouts; see ep.status()"
+_COLUMNS: Final = ["time", "weight", "look", "verdict", "reason"]
 
 
-@dataclass(frozen=True)
-class Gate:
-    """Health limits for a canary.
-
-    ``max_error_rate`` is the share of 5xx answers (0.01 = 1 %), the version's own and those
-    the mesh made on the way to it (``mesh_errors``); ``max_p99_ms`` the p99
-    latency limit (None: not checked); ``min_requests`` how many requests an interval needs
-    before its numbers count (fewer is inconclusive).
-    """
-
-    max_error_rate: float = 0.01
-    max_p99_ms: float | None = None
-    min_requests: int = 20
+class _Cancelled(Exception):
+    """Raised inside the run when ``cancel()`` was called."""
 
 
-def judge(frame: pd.DataFrame, version: str, gate: Gate) -> tuple[Verdict, str]:
-    """Judge ``version``'s rows of a metrics frame against ``gate``.
-
-    Example:
-        >>> import pandas as pd
-        >>> df = pd.DataFrame({"version": ["v2"], "requests": [100.0], "errors": [5.0],
-        ...                    "p99_ms": [12.0]})
-        >>> judge(df, "v2", Gate(max_error_rate=0.01))[0]
-        'fail'
-    """
-    rows = frame[frame["version"] == version]
-    requests = float(rows["requests"].sum()) if not rows.empty else 0.0
-    if requests < gate.min_requests:
-        return "inconclusive", f"{requests:.0f} requests (< {gate.min_requests}): no verdict yet"
-    errors = float(rows["errors"].fillna(0).sum())
-    # 5xx the mesh made on the way (no healthy upstream, timeouts) never reached the version
-    # and are not in its requests either: callers saw them, so they count against it.
-    mesh = float(rows["mesh_errors"].fillna(0).sum()) if "mesh_errors" in rows else 0.0
-    rate = (errors + mesh) / (requests + mesh)
-    if rate > gate.max_error_rate:
-        detail = f" ({mesh:.0f} of them made by the mesh: {MESH_HINT})" if mesh else ""
-        return "fail", f"error rate {rate:.1%} > {gate.max_error_rate:.1%}{detail}"
-    if gate.max_p99_ms is not None:
-        p99 = float(rows["p99_ms"].max())
-        if not math.isnan(p99) and p99 > gate.max_p99_ms:
-            return "fail", f"p99 {p99:.1f} ms > {gate.max_p99_ms:g} ms"
-    return "pass", f"{requests:.0f} requests, error rate {rate:.1%}"
+def describe_split(weights: dict[str, int]) -> str:
+    """``{"v1": 100, "v2": 0}`` -> ``v1``; ``{"v1": 70, "v3": 30}`` -> ``v1 70 %, v3 30 %``."""
+    carrying = {v: w for v, w in weights.items() if w}
+    if len(carrying) == 1:
+        return next(iter(carrying))
+    return ", ".join(f"{v} {w} %" for v, w in carrying.items())
 
 
 @dataclass
 class CanaryResult:
-    """What a canary run did: ``promoted`` or ``rolled back``, and every check on the way.
+    """What a canary run did: its ``outcome`` and every look on the way.
 
-    Example:
-        >>> result = ep.canary("v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
+    ``outcome`` is ``running``, ``promoted``, ``held at N %`` or ``rolled back to ...: why``
+    (a failure, a timeout, a cancellation or an error). Example:
+        >>> result = ep.canary("v2", steps=(10, 50, 100), interval="30s").wait()  # doctest: +SKIP
         >>> result.outcome, result.to_frame()  # doctest: +SKIP
     """
 
@@ -92,55 +88,129 @@ class CanaryResult:
     def __repr__(self) -> str:
         return f"<CanaryResult {self.version}: {self.outcome} after {len(self.checks)} checks>"
 
+    @property
+    def promoted(self) -> bool:
+        """Whether the canary ended with all traffic."""
+        return self.outcome == "promoted"
+
     def to_frame(self) -> pd.DataFrame:
-        """The checks as a DataFrame: time (UTC), weight, verdict, reason."""
+        """The looks as a DataFrame: time (UTC), weight, look, verdict, reason, then one
+        ``<gate>`` column per gate (its verdict) and the gates' numbers."""
         import pandas as pd
 
-        frame = pd.DataFrame(self.checks, columns=["time", "weight", "verdict", "reason"])
-        # Checks record epoch seconds; show them as UTC timestamps, like every other frame.
+        frame = pd.DataFrame(self.checks)
+        for column in _COLUMNS:
+            if column not in frame:
+                frame[column] = pd.Series(dtype="float64" if column == "time" else "object")
+        rest = [c for c in frame.columns if c not in _COLUMNS]
+        frame = frame[_COLUMNS + rest]
+        # Looks record epoch seconds; show them as UTC timestamps, like every other frame.
         frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True).astype(_TIME_DTYPE)
         return frame
 
 
-def canary(
-    ep: EndpointView,
-    version: str,
-    *,
-    steps: tuple[int, ...] = (10, 25, 50, 100),
-    interval: str | float = "30s",
-    max_error_rate: float = 0.01,
-    max_p99_ms: float | None = None,
-    min_requests: int = 20,
-    threshold: int = 2,
-    max_inconclusive: int = 3,
-) -> CanaryResult:
-    """Check the options, then step ``version`` of ``ep`` through ``steps`` (``ep.canary``).
+class CanaryRun(CanaryResult):
+    """A canary in progress (or done): ``wait()``, ``cancel()``, ``history``, a live view.
 
     Example:
-        >>> canary(ep, "v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
-        <CanaryResult v2: promoted after 3 checks>
+        >>> run = ep.canary("v2", steps=(5, 25, 50, 100), interval="1m")  # doctest: +SKIP
+        >>> run.history  # doctest: +SKIP
+        >>> run.wait().outcome  # doctest: +SKIP
+        'promoted'
     """
-    ep.status()  # the live versions and weights, not a stale cache
-    names = list(ep.versions)
-    if version not in names:
-        raise UnknownVersionError(
-            f"endpoint {ep.name!r} has no version {version!r}; it has {', '.join(names) or 'none'}"
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.error: BaseException | None = None
+        self.restored: dict[str, int] | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._widgets: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"<CanaryRun {self.version}: {self.outcome} after {len(self.checks)} checks>"
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has finished (promoted, held or rolled back)."""
+        return self._done.is_set()
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Every look so far (``to_frame()``)."""
+        return self.to_frame()
+
+    def wait(self, timeout: float | None = None) -> CanaryRun:
+        """Block until the run ends (or ``timeout`` seconds pass); re-raise its error, if any.
+
+        Example:
+            >>> run.wait().outcome  # doctest: +SKIP
+        """
+        self._done.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def cancel(self, timeout: float | None = 60.0) -> CanaryRun:
+        """Stop the run and restore the split in place before it started.
+
+        Example:
+            >>> run.cancel().outcome  # doctest: +SKIP
+            'rolled back to v1: cancelled'
+        """
+        self._stop.set()
+        self._done.wait(timeout)
+        return self
+
+    def widget(self) -> Any:
+        """An ipywidgets HTML view of this run that refreshes after every look.
+
+        Example:
+            >>> run.widget()  # doctest: +SKIP
+        """
+        import ipywidgets
+
+        view = ipywidgets.HTML(self._repr_html_())
+        self._widgets.append(view)
+        return view
+
+    def _changed(self) -> None:
+        for view in self._widgets:
+            view.value = self._repr_html_()
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for check in self.checks[-12:]:
+            colour = {"pass": "#2a2", "fail": "#c22", "invalid": "#c60"}.get(
+                check["verdict"], "#888"
+            )
+            rows.append(
+                f"<tr><td>{check['look']}</td><td>{check['weight']} %</td>"
+                f"<td style='color:{colour}'><b>{html.escape(check['verdict'])}</b></td>"
+                f"<td style='text-align:left'>{html.escape(check['reason'])}</td></tr>"
+            )
+        head = "<tr><th>look</th><th>weight</th><th>verdict</th><th>reason</th></tr>"
+        return (
+            f"<div><b>canary {html.escape(self.version)}</b>: {html.escape(self.outcome)}"
+            f"<table>{head}{''.join(rows)}</table></div>"
         )
-    if not steps or any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(steps):
-        raise InvalidArgumentError(
-            f"steps must be rising percentages within 1-100, got {steps!r}; e.g. (10, 50, 100)"
-        )
-    if len(names) < 2:
-        raise MlshiftError(f"a canary needs a stable version besides {version!r}")
-    return run_canary(
-        ep,
-        version,
-        steps=steps,
-        interval=parse_duration(interval, what="interval"),
-        gate=Gate(max_error_rate, max_p99_ms, min_requests),
-        threshold=threshold,
-        max_inconclusive=max_inconclusive,
-    )
+
+
+def _latencies(
+    ep: EndpointView, versions: Sequence[str], since: float
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Per-request latencies (ms) from each version's journal, where the target keeps one."""
+    out: dict[str, npt.NDArray[np.float64]] = {}
+    for version in versions:
+        try:
+            journal = ep.journal(version, since=since)
+        except MlshiftError as exc:
+            log.debug("no per-request latencies for %s: %s", version, exc)
+            return {}
+        if not journal.empty:
+            out[version] = journal["latency_ms"].to_numpy(dtype=np.float64)
+    return out
 
 
 def run_canary(
@@ -149,43 +219,182 @@ def run_canary(
     *,
     steps: Sequence[int],
     interval: float,
-    gate: Gate,
-    threshold: int,
-    max_inconclusive: int,
-    sleep: Callable[[float], None] = time.sleep,
-) -> CanaryResult:
-    """Step ``version`` through ``steps`` (percentages), judging each ``interval``."""
-    result = CanaryResult(version)
-    failures = inconclusive = 0
-    stable = max((v for v in ep.weights if v != version), key=lambda v: ep.weights[v])
-    for weight in steps:
-        ep.shift(version, weight)
-        log.info("canary %s at %d %%", version, weight)
-        while True:
-            sleep(interval)
-            frame = ep.metrics(since=interval, step=interval)
-            verdict, reason = judge(frame, version, gate)
-            result.checks.append(
-                {"time": time.time(), "weight": weight, "verdict": verdict, "reason": reason}
-            )
-            log.info("canary %s at %d %%: %s (%s)", version, weight, verdict, reason)
-            if verdict == "pass":
-                failures = inconclusive = 0
-                break
-            if verdict == "fail":
-                failures += 1
-                if failures >= threshold:
-                    ep.promote(stable)
-                    result.outcome = f"rolled back to {stable}: {reason}"
-                    return result
-            else:
-                inconclusive += 1
-                if inconclusive > max_inconclusive:
-                    ep.promote(stable)
-                    result.outcome = f"rolled back to {stable}: no traffic to judge ({reason})"
-                    return result
-    if steps and steps[-1] == 100:
-        result.outcome = "promoted"
-    else:
-        result.outcome = f"held at {steps[-1] if steps else 0} %"
-    return result
+    gates: Sequence[Gate],
+    threshold: int = 2,
+    max_inconclusive: int = 3,
+    alpha: float = 0.05,
+    run: CanaryRun | None = None,
+    sleep: Callable[[float], bool] | None = None,
+) -> CanaryRun:
+    """Step ``version`` through ``steps`` (percentages), judging every ``interval`` seconds.
+
+    Runs in the calling thread; ``canary()`` is the checked entry point. ``sleep(seconds)``
+    waits and returns True to cancel (default: the run's cancel event).
+
+    Example:
+        >>> gates = default_gates()
+        >>> run_canary(ep, "v2", steps=(50, 100), interval=30, gates=gates)  # doctest: +SKIP
+    """
+    run = run or CanaryRun(version)
+    wait = sleep or run._stop.wait
+    ep.status()
+    original = dict(ep.weights)
+    stable = max((v for v in original if v != version), key=lambda v: original[v])
+    why = "cancelled"
+    finished = False
+    try:
+        look = 0
+        for weight in steps:
+            ep.shift(version, weight)
+            log.info("canary %s at %d %%", version, weight)
+            if weight == 100:
+                break  # the promotion: with no stable traffic left there is nothing to compare
+            start = time.time()
+            fails = inconclusive = 0
+            while True:
+                if wait(interval):
+                    raise _Cancelled
+                look += 1
+                since = max(time.time() - start, 1e-3)
+                frame = ep.metrics(since=since, step=since)
+                look_at = Interval(
+                    version,
+                    stable,
+                    dict(ep.weights),
+                    frame,
+                    _latencies(ep, (version, stable), since),
+                    alpha=alpha,
+                    level=look_alpha(alpha, look),
+                    look=look,
+                )
+                overall, verdicts = judge(look_at, gates)
+                _record(run, weight, look, overall, verdicts)
+                log.info(
+                    "canary %s at %d %%: %s (%s)", version, weight, overall.status, overall.reason
+                )
+                if overall.status == "pass":
+                    break
+                if overall.status in ("fail", "invalid"):
+                    fails, inconclusive = fails + 1, 0
+                    if fails >= threshold:
+                        why = overall.reason
+                        return run
+                else:
+                    fails, inconclusive = 0, inconclusive + 1
+                    if inconclusive > max_inconclusive:
+                        why = f"timed out at {weight} % ({overall.reason})"
+                        return run
+        finished = True
+        run.outcome = "promoted" if steps[-1] == 100 else f"held at {steps[-1]} %"
+        return run
+    except _Cancelled:
+        return run
+    except BaseException as exc:
+        why = f"error: {type(exc).__name__}: {exc}"
+        run.error = exc
+        raise
+    finally:
+        if not finished:
+            _restore(ep, run, original, why)
+        run._done.set()
+        run._changed()
+
+
+def _record(
+    run: CanaryRun, weight: int, look: int, overall: Verdict, verdicts: Sequence[Verdict]
+) -> None:
+    check: dict[str, Any] = {
+        "time": time.time(),
+        "weight": weight,
+        "look": look,
+        "verdict": overall.status,
+        "reason": overall.reason,
+    }
+    for v in verdicts:
+        check[v.gate] = v.status
+    check.update(overall.numbers)
+    run.checks.append(check)
+    run._changed()
+
+
+def _restore(ep: EndpointView, run: CanaryRun, original: dict[str, int], why: str) -> None:
+    """Put back the split in place before the run, whatever happened."""
+    try:
+        ep.shift(original)
+    except Exception as exc:
+        log.exception("canary %s: could not restore %s", run.version, original)
+        run.outcome = f"NOT rolled back ({exc}); was rolling back because: {why}"
+        raise
+    run.restored = original
+    run.outcome = f"rolled back to {describe_split(original)}: {why}"
+    log.warning("canary %s %s", run.version, run.outcome)
+
+
+def canary(
+    ep: EndpointView,
+    version: str,
+    *,
+    steps: Sequence[int] = (10, 25, 50, 100),
+    interval: str | float = "30s",
+    gates: Sequence[Gate] | None = None,
+    max_error_rate: float | None = None,
+    max_p99_ms: float | None = None,
+    min_requests: int = 20,
+    threshold: int = 2,
+    max_inconclusive: int = 3,
+    alpha: float = 0.05,
+    blocking: bool = False,
+) -> CanaryRun:
+    """Check the options, then step ``version`` of ``ep`` through ``steps`` (``ep.canary``).
+
+    Example:
+        >>> canary(ep, "v2", steps=(10, 50, 100), interval="30s").wait()  # doctest: +SKIP
+        <CanaryRun v2: promoted after 3 checks>
+    """
+    ep.status()  # the live versions and weights, not a stale cache
+    names = list(ep.versions)
+    if version not in names:
+        raise UnknownVersionError(
+            f"endpoint {ep.name!r} has no version {version!r}; it has {', '.join(names) or 'none'}"
+        )
+    steps = tuple(steps)
+    if not steps or any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(steps):
+        raise InvalidArgumentError(
+            f"steps must be rising percentages within 1-100, got {steps!r}; e.g. (10, 50, 100)"
+        )
+    if not 0 < alpha < 1 or threshold < 1 or max_inconclusive < 0:
+        raise InvalidArgumentError(
+            f"need 0 < alpha < 1, threshold >= 1, max_inconclusive >= 0; got {alpha},"
+            f" {threshold}, {max_inconclusive}"
+        )
+    if len(names) < 2:
+        raise MlshiftError(f"a canary needs a stable version besides {version!r}")
+    chosen: list[Gate] = list(gates) if gates is not None else default_gates()
+    if max_error_rate is not None:
+        chosen.append(MaxErrorRate(max_error_rate, min_requests))
+    if max_p99_ms is not None:
+        chosen.append(MaxLatency(max_p99_ms, min_requests))
+    seconds = parse_duration(interval, what="interval")
+    run = CanaryRun(version)
+    options: dict[str, Any] = {
+        "steps": steps,
+        "interval": seconds,
+        "gates": chosen,
+        "threshold": threshold,
+        "max_inconclusive": max_inconclusive,
+        "alpha": alpha,
+        "run": run,
+    }
+    if blocking:
+        return run_canary(ep, version, **options)
+    worker = ep.reader()  # the thread reads and writes through a handle of its own
+
+    def drive() -> None:
+        try:
+            run_canary(worker, version, **options)
+        except BaseException:  # kept in run.error and re-raised by run.wait()
+            log.exception("canary %s stopped by an error", version)
+
+    run._thread = threading.Thread(target=drive, name=f"mlshift-canary-{version}", daemon=True)
+    run._thread.start()
+    return run

@@ -33,9 +33,12 @@ from mlshift._state import EndpointState, Resources
 from mlshift._traffic import TrafficVerbs, retry_on_conflict
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mlshift._bundle_info import BundleInfo
-    from mlshift._canary import CanaryResult
+    from mlshift._canary import CanaryRun
     from mlshift._display import Version
+    from mlshift._gates import Gate
 
 __all__ = ["Endpoint"]
 
@@ -336,23 +339,30 @@ class Endpoint(TrafficVerbs):
         *,
         steps: tuple[int, ...] = (10, 25, 50, 100),
         interval: str | float = "30s",
-        max_error_rate: float = 0.01,
+        gates: Sequence[Gate] | None = None,
+        max_error_rate: float | None = None,
         max_p99_ms: float | None = None,
         min_requests: int = 20,
         threshold: int = 2,
         max_inconclusive: int = 3,
-    ) -> CanaryResult:
-        """Step ``version``'s weight through ``steps`` while its metrics stay healthy.
+        alpha: float = 0.05,
+        blocking: bool = False,
+    ) -> CanaryRun:
+        """Step ``version``'s weight through ``steps`` while the gates find it as good as stable.
 
-        After each step it waits ``interval`` and judges the canary's error rate (and p99
-        latency when ``max_p99_ms`` is set). ``threshold`` failed checks in a row send all
-        traffic back to the stable version; an interval with fewer than ``min_requests``
-        requests is inconclusive and is waited out (at most ``max_inconclusive`` times).
-        Promotion takes about ``interval`` x ``len(steps)``. Blocks until done.
+        Returns at once with a ``CanaryRun`` (a background thread; ``run.wait()``,
+        ``run.cancel()``, ``run.history``); ``blocking=True`` waits. Every ``interval`` the
+        gates (default: ``mlshift.gates.default_gates()``: error rate within +0.5 points of
+        stable, latency within +20 %, sample ratio) judge what the step has seen so far;
+        ``max_error_rate`` / ``max_p99_ms`` add absolute limits. ``threshold`` failing looks
+        in a row, or ``max_inconclusive`` inconclusive ones in a row at one step, restore the
+        split in place before the run, as do ``run.cancel()`` and any error. ``alpha`` bounds
+        the chance that a healthy canary is rolled back over the whole run.
 
         Example:
-            >>> ep.canary("v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
-            <CanaryResult v2: promoted after 3 checks>
+            >>> run = ep.canary("v2", steps=(10, 50, 100), interval="30s")  # doctest: +SKIP
+            >>> run.wait().outcome  # doctest: +SKIP
+            'promoted'
         """
         from mlshift._canary import canary  # lazy shim: the face drives this endpoint's verbs
 
@@ -361,9 +371,12 @@ class Endpoint(TrafficVerbs):
             version,
             steps=steps,
             interval=interval,
+            gates=gates,
             max_error_rate=max_error_rate,
             max_p99_ms=max_p99_ms,
             min_requests=min_requests,
             threshold=threshold,
             max_inconclusive=max_inconclusive,
+            alpha=alpha,
+            blocking=blocking,
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,6 +99,16 @@ class Engine(Protocol):
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's prediction counters over the last ``since`` seconds."""
+        ...
+
+    def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:
+        """Return ``version``'s recorded inference requests since ``since`` (epoch seconds).
+
+        Each entry is model_server's journal entry (``id``, ``time``, ``status``,
+        ``latency_ms``, ``digest``, ``prediction``), oldest first, from every replica; read
+        straight from the version's processes (local) or through the API server's pod proxy
+        (Kubernetes). Raises ``APIError``/``MlshiftError`` when a replica cannot be read.
+        """
         ...
 
     def revive(self, state: EndpointState) -> list[str]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlshift._client import TrafficRun
+    from mlshift._compare import Comparison
     from mlshift._engine import Engine, Target, VersionStatus
 
 __all__ = ["EndpointReader", "Seen"]
@@ -297,6 +298,40 @@ class EndpointReader:
         stable = max(weights, key=lambda v: weights[v]) if weights else None
         return predictions_frame(stats, stable=stable)
 
+    def journal(self, version: str, since: str | float = "10m") -> pd.DataFrame:
+        """The inference requests ``version`` answered in the last ``since``: one row per
+        predicted value (``time, id, row, status, latency_ms, digest, prediction``).
+
+        Example:
+            >>> ep.journal("v2", since="5m")  # doctest: +SKIP
+        """
+        import time
+
+        from mlshift._compare import journal_frame
+
+        seconds = parse_duration(since, what="since")
+        state = self._readable()
+        if state is None:
+            return journal_frame([])
+        self._known(state, version)
+        return journal_frame(self.engine.journal(state, version, since=time.time() - seconds))
+
+    def compare(self, a: str, b: str, since: str | float = "10m") -> Comparison:
+        """Pair two versions' answers to the same requests (shadow traffic: ``ep.shadow``).
+
+        Joins both versions' journals on Envoy's request id: ``.frame`` has one row per
+        paired prediction (both answers, ``agree``, ``abs_diff`` for regressors);
+        ``.summary`` the agreement rate with a 95 % Wilson interval (and mean / p95
+        difference for regressors); ``.confusion`` a confusion matrix for classifiers.
+
+        Example:
+            >>> ep.shadow("v2", percent=100)  # doctest: +SKIP
+            >>> ep.compare("v1", "v2", since="10m").summary  # doctest: +SKIP
+        """
+        from mlshift._compare import compare
+
+        return compare(a, self.journal(a, since), b, self.journal(b, since))
+
     def predict(self, data: Any, *, method: str = "predict", timeout: float = 30.0) -> pd.DataFrame:
         """Send ``data`` through the router; the frame says which version answered.
 
@@ -359,6 +394,19 @@ class EndpointReader:
         frame = self.metrics(since=since, step=step)
         preds = self.predictions(since=since) if predictions else None
         return dashboard(frame, predictions=preds, title=f"{self.name} ({self.target.name})")
+
+    def plot_compare(
+        self, a: str, b: str, since: str | float = "10m", *, step: str = "1min"
+    ) -> Any:
+        """How often ``a`` and ``b`` gave the same answer to the same request, over time.
+
+        Example:
+            >>> ep.shadow("v2"); ep.plot_compare("v1", "v2", since="30m")  # doctest: +SKIP
+        """
+        from mlshift.plot import agreement  # lazy shim, as plot()
+
+        cmp = self.compare(a, b, since=since)
+        return agreement(cmp.over_time(step), title=repr(cmp)).figure
 
     # -- display -----------------------------------------------------------------------------
 

@@ -319,3 +319,14 @@ class TrafficVerbs(EndpointReader):
         mirror = Mirror(version, float(percent)) if version else None
         traffic = dataclasses.replace(seen.state.traffic, mirror=mirror)
         return self._set_traffic(traffic, seen, dry_run=dry_run)
+
+    def shadow(self, version: str | None, percent: float = 100.0) -> Self:
+        """Mirror ``percent`` % of live requests to ``version``: users only ever get the
+        primary's answers, and both versions journal theirs, so ``ep.compare()`` can pair
+        them by request id. ``shadow(None)`` stops it. (``mirror`` under a clearer name.)
+
+        Example:
+            >>> ep.shadow("v2", percent=100)  # doctest: +SKIP
+            >>> ep.compare("v1", "v2", since="10m")  # doctest: +SKIP
+        """
+        return self.mirror(version, percent)

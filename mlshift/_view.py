@@ -79,6 +79,10 @@ class EndpointView(Protocol):
         """What each version predicts, and how far it diverges from the stable version."""
         ...
 
+    def journal(self, version: str, since: str | float = "10m") -> pd.DataFrame:
+        """The requests ``version`` answered recently (ids, latencies, predictions)."""
+        ...
+
     def reader(self) -> EndpointView:
         """A second handle on the same endpoint, for a background thread to read through."""
         ...

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["dashboard", "errors", "latency", "predictions", "traffic"]
+__all__ = ["agreement", "dashboard", "errors", "latency", "predictions", "traffic"]
 
 _QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
 
@@ -216,3 +216,23 @@ def dashboard(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def agreement(over_time: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Axes:
+    """Agreement of two versions' answers per time bucket (``Comparison.over_time()``).
+
+    Example:
+        >>> mlshift.plot.agreement(ep.compare("v1", "v2").over_time("1min"))  # doctest: +SKIP
+    """
+    _check_columns(over_time, "time", "agreement", "pairs")
+    ax = _axes(ax)
+    rows = over_time[over_time["pairs"] > 0]
+    if rows.empty:
+        _no_data(ax)
+    else:
+        ax.plot(rows["time"], rows["agreement"] * 100, marker="o", color="#444")
+    ax.set_ylabel("agreement %")
+    ax.set_ylim(0, 101)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -26,6 +26,7 @@ import orjson
 from model_server._batcher import Batcher, ModelCallError
 from model_server._bundle import LoadedBundle
 from model_server._errors import InvalidInput
+from model_server._journal import Journal
 from model_server._metrics import CONTENT_TYPE, ServerMetrics
 from model_server._offload import Offloader
 from model_server._oip import EXTENSIONS, decode_v2, encode_v2
@@ -99,6 +100,7 @@ class ModelApp:
             max_wait_s=settings.max_batch_wait_ms / 1000.0,
             observe=self._observe,
         )
+        self.journal = Journal.from_env()  # the last requests' ids and answers (shadow traffic)
         self.ready = False
         self.draining = False
         self.inflight = 0
@@ -181,6 +183,8 @@ class ModelApp:
         )
         await send({"type": "http.response.body", "body": reply.body})
         self.metrics.observe_request(route, reply.status, time.perf_counter() - started)
+        if route.endswith(("/infer", ":predict")):
+            self.journal.record(scope, reply.status, time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
@@ -232,6 +236,12 @@ class ModelApp:
     async def _dispatch(self, scope: Scope, receive: Receive) -> Reply:
         path: str = scope["path"]
         method: str = scope["method"]
+        if path == f"{self._v2_prefix}/journal":
+            _check_method(path, method, _READ)
+            try:
+                return self._json(self.journal.read(scope.get("query_string", b"")))
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="query") from exc
         if path.startswith("/v2/models/") or path.startswith("/v1/models/"):
             return await self._model_route(path, method, scope, receive)
         simple = {
@@ -342,6 +352,7 @@ class ModelApp:
             outputs = await self.batcher.submit(decoded)
         except ModelCallError as exc:
             return self._json({"error": exc.message}, 500)
+        self.journal.note(scope, body, outputs)
         if not v2:
             method = decoded.methods[0]
             classes = self.classes if method == "predict_proba" else None

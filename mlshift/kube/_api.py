@@ -276,6 +276,20 @@ class KubeAPI:
             and all(_dig(i, k) == v for k, v in (fields or {}).items())
         ]
 
+    def proxy_get(
+        self, namespace: str, pod: str, port: int, path: str, query: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """GET ``path`` of a pod's ``port`` through the API server's pod proxy (a JSON answer).
+
+        Needs ``get`` on ``pods/proxy``; no port-forward.
+        """
+        return self._call(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path.lstrip('/')}",
+            f"read {path} of pod {namespace}/{pod}",
+            query=query,
+        )
+
     def create(self, res: Resource, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create ``obj``; ``APIConflictError`` when it already exists."""
         name = (obj.get("metadata") or {}).get("name", "?")

@@ -309,6 +309,23 @@ class KubernetesEngine:
             headers=self.settings.prometheus_headers,
         )
 
+    def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:
+        """Every running replica's request journal, through the API server's pod proxy."""
+        labels = {"app": state.name, "version": version}
+        entries: list[dict[str, Any]] = []
+        for pod in self.api.list_objects(PODS, state.namespace, labels):
+            if dig(pod, "status", "phase") != "Running":
+                continue
+            doc = self.api.proxy_get(
+                state.namespace,
+                str(dig(pod, "metadata", "name")),
+                8080,
+                f"v2/models/{state.name}/journal",
+                {"since": repr(since)},
+            )
+            entries.extend(e for e in doc.get("entries") or () if isinstance(e, dict))
+        return sorted(entries, key=lambda e: float(e.get("time", 0.0)))
+
     def revive(self, state: EndpointState) -> list[str]:
         """Refuse: a Deployment restarts its pods by itself (``UnsupportedError``)."""
         raise UnsupportedError(

@@ -11,6 +11,7 @@ deployments (apps)       get list create patch      one per version; poll its ro
                          delete                     the endpoint's versions
 replicasets (apps)       list                       which pods belong to the newest rollout
 pods, events             list                       say why a version is not ready
+pods/proxy               get                        read each replica's request journal (ep.compare)
 services                 create patch delete        the endpoint's Service (Gateway API: and
                          (Gateway API: + list)      one per version, listed to find versions)
 destinationrules         get create patch delete    one subset per version (Istio only)
@@ -59,6 +60,7 @@ _COMMON: list[dict[str, Any]] = [
     },
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
 ]
 _ROUTE_VERBS = ["get", "create", "patch", "delete"]
 _ISTIO_RULES: list[dict[str, Any]] = [

@@ -23,12 +23,12 @@ import weakref
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from mlshift._engine import Capability, VersionStatus
-from mlshift._exceptions import MlshiftError, NotReadyError, RoutingError
+from mlshift._exceptions import MlshiftError, NotReadyError, RoutingError, UnknownVersionError
 from mlshift._state import EndpointState, TrafficState, VersionSpec
 from mlshift.local import _processes as procs
 from mlshift.local import _xds as xds
@@ -313,6 +313,28 @@ class LocalEngine(PlanSteps):
             [PredictionStats(version='v1', classes={'no': 81.0, 'yes': 19.0}, ...)]
         """
         return self.sampling.predictions(state, since=since)
+
+    def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:
+        """The version's request journal, read straight from its process.
+
+        Example:
+            >>> engine.journal(state, "v2", since=time.time() - 600)  # doctest: +SKIP
+            [{'id': '5f0c...', 'time': 1767000000.1, 'status': 200, ...}]
+        """
+        record = self.files.record(version)
+        if record is None:
+            raise UnknownVersionError(f"{self.name}/{version} has no process; deploy it first")
+        url = f"http://127.0.0.1:{record.port}/v2/models/{self.name}/journal"
+        try:
+            response = self._http.get(url, params={"since": repr(since)}, timeout=10.0)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise MlshiftError(
+                f"cannot read {self.name}/{version}'s journal on port {record.port}: {exc};"
+                " check ep.status() (ep.revive() restarts a version that died)"
+            ) from exc
+        entries = response.json().get("entries") or []
+        return [e for e in entries if isinstance(e, dict)]
 
     # -- extras -------------------------------------------------------------------------------
 

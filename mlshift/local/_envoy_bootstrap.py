@@ -65,8 +65,9 @@ def bootstrap(
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": STAT_PREFIX,
-        # No x-request-id: nothing here traces requests, and a UUID per request costs.
-        "generate_request_id": False,
+        # x-request-id on every request, as Istio's sidecars add it: a mirrored copy keeps
+        # it, so both versions' journals can be paired (ep.compare).
+        "generate_request_id": True,
         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": source(rds_path)},
         "http_filters": [
             {

@@ -272,7 +272,7 @@ class PlanSteps(abc.ABC):
 
     def _patch_rules(self, patch: dict[str, Any], plan: Plan) -> None:
         stored = self.files.stored("HTTPRoute")
-        route = copy.deepcopy(stored) if stored else render_http_route(plan.state)
+        route = stored or render_http_route(plan.state)  # just read: a copy of its own
         route.setdefault("spec", {})
         route["spec"]["rules"] = merge_rules(
             stored["spec"].get("rules") if stored else None, patch["rules"]

@@ -107,7 +107,8 @@ def test_module_level_deploy_and_bad_input_change_nothing(
 def test_canary_promotes_a_healthy_version(ep: mlshift.Endpoint, data: tuple[Any, Any]) -> None:
     X, _ = data
     run = ep.send(X, rps=150, duration="12s")
-    result = ep.canary("v2", steps=(20, 100), interval="2.5s", min_requests=20)
+    gate = mlshift.gates.MaxErrorRate(0.01, min_requests=20)
+    result = ep.canary("v2", steps=(20, 100), interval="2.5s", gates=[gate], blocking=True)
     run.stop()
     assert result.outcome == "promoted", result.to_frame()
     assert ep.weights == {"v1": 0, "v2": 100}
@@ -118,9 +119,9 @@ def test_canary_rolls_back_a_failing_version(ep: mlshift.Endpoint, data: tuple[A
     safe = X[X[:, 0] <= 0][:5]
     ep.deploy(Fragile(LogisticRegression().fit(X, y)), "v3", sample=safe, trust_pickle=True)
     run = ep.send(X, rps=150, duration="12s")
-    result = ep.canary("v3", steps=(20, 50, 100), interval="2.5s", threshold=2)
+    result = ep.canary("v3", steps=(20, 50, 100), interval="2.5s", threshold=2).wait()
     run.stop()
-    assert result.outcome.startswith("rolled back to v1: error rate"), result.to_frame()
+    assert result.outcome.startswith("rolled back to v1: error-rate"), result.to_frame()
     assert ep.weights == {"v1": 100, "v2": 0, "v3": 0}
     verdicts = list(result.to_frame()["verdict"])
     # On a loaded machine the first interval may hold too few requests (inconclusive).

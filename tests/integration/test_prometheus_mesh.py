@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from mlshift._canary import Gate, judge
+from mlshift._gates import Interval, MaxErrorRate
 from mlshift._render import render
 from mlshift._state import EndpointState, PodOptions, VersionSpec
 from mlshift.kube import Kubernetes
@@ -38,11 +38,13 @@ def test_mesh_made_errors_are_a_column_of_their_own(
     assert (v2.errors == 0.0).all()  # v2's own sidecar saw no 5xx
     assert v2.mesh_errors.to_numpy() == pytest.approx((0.3 + 0.1) * 30)  # UF + UT, not URX
     assert (v1.mesh_errors == 0.0).all()
-    verdict, reason = judge(df, "v2", Gate(max_error_rate=0.05))
-    assert verdict == "fail"
-    assert "made by the mesh" in reason
-    assert judge(df.drop(columns="mesh_errors"), "v2", Gate(max_error_rate=0.05))[0] == "pass"
-    assert judge(df, "v1", Gate(max_error_rate=0.05))[0] == "pass"
+    gate = MaxErrorRate(0.05)
+    verdict = gate.check(Interval("v2", "v1", {"v1": 50, "v2": 50}, df))
+    assert verdict.status == "fail"
+    assert "made by the mesh" in verdict.reason
+    blind = Interval("v2", "v1", {"v1": 50, "v2": 50}, df.drop(columns="mesh_errors"))
+    assert gate.check(blind).status == "pass"
+    assert gate.check(Interval("v1", "v2", {"v1": 50, "v2": 50}, df)).status == "pass"
 
 
 def test_no_caller_side_series_is_nan_not_zero(

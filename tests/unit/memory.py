@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
+from typing import Any
 
 import pandas as pd
 
@@ -35,6 +36,7 @@ class MemoryEngine:
         self.history: tuple[TrafficState, ...] = ()
         self.plans: list[Plan] = []
         self.down: set[str] = set()
+        self.journals: dict[str, list[dict[str, Any]]] = {}  # what journal() answers
         # Runs once, just before the next execute: "another notebook" acting meanwhile.
         self.meanwhile: Callable[[], None] | None = None
 
@@ -74,6 +76,9 @@ class MemoryEngine:
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         return []
+
+    def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:
+        return [e for e in self.journals.get(version, []) if e["time"] >= since]
 
     def revive(self, state: EndpointState) -> list[str]:
         raise UnsupportedError("the memory target has no processes to revive")

@@ -1,0 +1,41 @@
+"""Canary gates, for ``ep.canary(..., gates=[...])``: relative, absolute, and your own.
+
+Example:
+    >>> from mlshift import gates
+    >>> [g.name for g in (gates.ErrorRate(0.005), gates.Latency(0.2), gates.SampleRatio())]
+    ['error-rate', 'latency', 'sample-ratio']
+
+Write your own: any object with a ``name`` and ``check(interval) -> Verdict`` is a gate (see
+``Gate``); ``interval.totals(version)``, ``interval.quantile(version)``, ``interval.frame``
+and ``interval.latencies`` hold what the current step has seen.
+"""
+
+from mlshift._gates import (
+    ErrorRate,
+    Gate,
+    Interval,
+    Latency,
+    MaxErrorRate,
+    MaxLatency,
+    SampleRatio,
+    Status,
+    Verdict,
+    canary_plan,
+    default_gates,
+    judge,
+)
+
+__all__ = [
+    "ErrorRate",
+    "Gate",
+    "Interval",
+    "Latency",
+    "MaxErrorRate",
+    "MaxLatency",
+    "SampleRatio",
+    "Status",
+    "Verdict",
+    "canary_plan",
+    "default_gates",
+    "judge",
+]
