@@ -133,6 +133,8 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
             {"name": "MLSHIFT_MODEL_NAME", "value": state.name},
             {"name": "MLSHIFT_MODEL_VERSION", "value": spec.name},
             {"name": "MLSHIFT_GRACE_PERIOD_S", "value": str(GRACE_PERIOD_S)},
+            # auto reads the CPU limit from the cgroup quota and caps it for the memory limit.
+            {"name": "WORKERS", "value": "auto"},
         ],
         "readinessProbe": {**probe, "failureThreshold": 1},
         "livenessProbe": {

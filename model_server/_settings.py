@@ -7,7 +7,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Settings", "parse_settings"]
+__all__ = ["BALANCES", "SHARED_METRICS_ENV", "Settings", "parse_settings"]
+
+BALANCES = ("reuseport", "handoff")
+SHARED_METRICS_ENV = "MLSHIFT_WORKER_METRICS_DIR"
+"""Set by a multi-worker parent to the directory where every worker's metric files live."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,12 @@ class Settings:
             bodies get 413 before being read in full.
         grace_period_s: After SIGTERM, how long in-flight requests may take before the process
             exits anyway (``MLSHIFT_GRACE_PERIOD_S``); below Kubernetes' 30 s default.
+        workers: Worker processes, each with the model and a batcher of its own (``WORKERS``);
+            ``None`` is ``auto``: the CPUs the process may use (cgroup quota, else affinity),
+            capped so every worker's copy of the model fits in memory. 1 is a single process.
+        balance: How connections reach workers (``MLSHIFT_WORKER_BALANCE``): ``reuseport``
+            (each worker listens on the port with SO_REUSEPORT, the kernel spreads connections)
+            or ``handoff`` (the parent accepts and passes each connection on, round robin).
     """
 
     model_dir: str
@@ -42,6 +52,8 @@ class Settings:
     max_batch_wait_ms: float = 0.0
     max_body_bytes: int = 8 * 1024 * 1024
     grace_period_s: float = 25.0
+    workers: int | None = None
+    balance: str = "reuseport"
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -52,6 +64,10 @@ class Settings:
             raise ValueError(f"max body bytes must be positive, got {self.max_body_bytes}")
         if self.grace_period_s < 0:
             raise ValueError(f"grace period must not be negative, got {self.grace_period_s}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or auto, got {self.workers}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0-65535, got {self.port}")
 
@@ -77,7 +93,30 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-period-s", type=float, default=float(env.get("MLSHIFT_GRACE_PERIOD_S", "25"))
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=env.get("WORKERS", "auto"),
+        help="worker processes, or auto: the CPUs this process may use (default auto)",
+    )
+    p.add_argument(
+        "--balance",
+        choices=BALANCES,
+        default=env.get("MLSHIFT_WORKER_BALANCE", "reuseport"),
+        help="how connections reach workers (default reuseport)",
+    )
     return p
+
+
+def _workers(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"workers must be a number or auto, got {text!r}"
+        ) from None
 
 
 def parse_settings(
@@ -113,6 +152,8 @@ def parse_settings(
             max_batch_wait_ms=args.max_batch_wait_ms,
             max_body_bytes=args.max_body_bytes,
             grace_period_s=args.grace_period_s,
+            workers=args.workers,
+            balance=args.balance,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -132,8 +132,11 @@ def start_model_server(
     run_dir: Path,
     grace_period_s: float = 5.0,
     avoid_ports: Collection[int] = (),
+    workers: int = 1,
 ) -> ProcessRecord:
     """Start ``model_server`` for one version on a free loopback port (not in ``avoid_ports``).
+
+    ``workers`` processes serve it (one by default: a laptop runs several versions at once).
 
     The record goes to ``run_dir/<version>.json`` and the output to ``run_dir/<version>.log``.
 
@@ -157,6 +160,8 @@ def start_model_server(
         version,
         "--grace-period-s",
         str(grace_period_s),
+        "--workers",
+        str(workers),
     ]
     return spawn(
         cmd,

@@ -68,6 +68,7 @@ class PlanSteps(abc.ABC):
     files: EndpointFiles
     sampling: MeshSampling
     ready_timeout_s: float
+    workers: int
 
     @property
     @abc.abstractmethod
@@ -141,6 +142,7 @@ class PlanSteps(abc.ABC):
             version=version,
             run_dir=self.files.run_dir,
             avoid_ports=(self.router.port,),
+            workers=self.workers,
         )
         extra = {**(record.extra or {}), "sha256": sha256}
         dataclasses.replace(record, extra=extra).save(self.files.record_path(version))
