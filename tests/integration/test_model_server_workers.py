@@ -238,3 +238,23 @@ def test_tampered_bundle_stops_the_parent_with_status_2(tmp_path: Path, stop_aft
     assert server.proc.wait(timeout=120) == 2
     assert "sha256" in server.log()
     assert "restart" not in server.log()
+
+
+def test_local_target_starts_and_stops_a_multi_worker_version(
+    rf_bundle: Path, tmp_path: Path
+) -> None:
+    from mlshift.local import _processes as procs
+    from mlshift.local._ownership import Expected
+
+    record = procs.start_model_server(
+        rf_bundle, name="rf", version="v1", run_dir=tmp_path / "run", workers=2
+    )
+    try:
+        procs.wait_ready(record, what="rf/v1", name="rf", version="v1", timeout_s=120)
+        workers = psutil.Process(record.pid).children()
+        assert len(workers) == 2
+        assert "--workers" in psutil.Process(record.pid).cmdline()
+    finally:
+        stopped = procs.stop(record, Expected.model_server("rf", "v1"), grace_s=30)
+    assert stopped
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
