@@ -1,17 +1,18 @@
-"""Serving benchmark: model_server vs Seldon MLServer 1.7 vs in-process predict, in one run.
+"""Serving benchmark: model_server (1 worker, auto workers) vs MLServer, KServe, BentoML, one run.
 
-Single-row requests for a RandomForestClassifier (50 trees, depth 8, 20 float features) at 1,
-16 and 64 connections over loopback, driven by ``wrk`` (Debian) with a Lua script for the POST
-body. Baselines measured in the same run: the in-process ``model.predict`` rate (the limit for
-an unbatched server) and MLServer 1.7 with its scikit-learn runtime and
-MLSERVER_PARALLEL_WORKERS=2, installed in its own venv at benchmarks/.work/mlserver-venv::
+A RandomForestClassifier (50 trees, depth 8, 20 float features) served by each server over
+loopback, driven by ``wrk`` (Debian) with a Lua script for the POST body: single-row and 32-row
+requests at 1, 16 and 64 connections. Baselines measured in the same run: the in-process
+``model.predict`` rate, MLServer 1.7 (scikit-learn runtime, 2 workers), KServe 0.21's
+``ModelServer`` (1 and 2 workers) and a minimal BentoML 1.4 service (2 workers), each installed
+on first use into its own venv under benchmarks/.work/venvs (see ``benchmarks/peers.py``).
 
-    python3 -m venv benchmarks/.work/mlserver-venv
-    benchmarks/.work/mlserver-venv/bin/pip install "mlserver==1.7.*" "mlserver-sklearn==1.7.*" \\
-        "uvloop<0.22" scikit-learn==<the version in .venv>
+For model_server the run also records the batch sizes formed (``mlshift_batch_size`` from
+/metrics around each cell), how evenly the workers shared the CPU (SO_REUSEPORT vs the parent's
+handoff) and the memory of each process.
 
-Run: ``.venv/bin/python benchmarks/serving.py [--duration 10]``; the table goes to
-benchmarks/results/serving.md.
+Run: ``.venv/bin/python -m benchmarks serving`` (or ``benchmarks/serving.py [--duration 10]``);
+the tables go to benchmarks/results/serving.md.
 """
 
 from __future__ import annotations
@@ -26,31 +27,52 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import peers
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work"
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
-MLSERVER_VENV = WORK / "mlserver-venv"
 CONNECTIONS = (1, 16, 64)
+ROWS = (1, 32)
+OURS = "mlshift model_server"
 
 
 @dataclass
 class Run:
     server: str
-    protocol: str
+    rows: int
     connections: int
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
+    batch: float | None = None  # mean rows per predict call (model_server)
+    busiest: float | None = None  # the busiest worker's share of the workers' CPU time
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rps * self.rows
+
+
+@dataclass
+class Memory:
+    server: str
+    processes: int
+    rss_mib: float
+    uss_mib: float
+    per_worker: list[tuple[float, float]] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -69,21 +91,18 @@ def train() -> tuple[Any, np.ndarray[Any, Any]]:
     return model, X
 
 
-def in_process(model: Any, X: np.ndarray[Any, Any], seconds: float) -> tuple[float, float, float]:
-    """Single-row predicts per second, its median latency, and rows/s in 32-row batches."""
-    row = X[:1]
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        model.predict(row)
-        times.append(time.perf_counter() - t0)
-    batch = X[:32]
-    calls, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
+def in_process(model: Any, X: np.ndarray[Any, Any], seconds: float) -> dict[int, float]:
+    """Rows per second of ``model.predict`` in-process, by rows per call."""
+    rates = {}
+    for n in (1, 32, 64, 256):
+        batch = X[:n]
         model.predict(batch)
-        calls += 1
-    return len(times) / sum(times), float(np.median(times)) * 1000, calls * 32 / seconds
+        calls, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            model.predict(batch)
+            calls += 1
+        rates[n] = calls * n / seconds
+    return rates
 
 
 def _ms(text: str) -> float:
@@ -104,22 +123,12 @@ def wrk(
         f"wrk.body = {json.dumps(json.dumps(body))}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
-    # One wrk thread leaves the second core to the server under test (2-core machines).
+    # One wrk thread leaves the other core(s) to the server under test (2-core machines).
     out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(seconds))}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+         "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -130,183 +139,272 @@ def wrk(
     return rps, p50, p99, errors
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.3)
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
 @contextmanager
-def running(cmd: list[str], ready_url: str, env: dict[str, str], log: Path) -> Iterator[None]:
+def running(cmd: list[str], ready_url: str, env: dict[str, str], log: Path) -> Iterator[int]:
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         wait_ready(ready_url, proc)
-        yield
+        yield proc.pid
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # MLServer forks workers: stop the whole group
+            os.killpg(proc.pid, signal.SIGTERM)  # servers fork workers: stop the whole group
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
-def bench_model_server(model: Any, X: np.ndarray[Any, Any], seconds: float) -> list[Run]:
-    sys.path.insert(0, str(ROOT))
-    from mlshift._bundle import write_bundle
+def _batch_totals(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^mlshift_batch_size_(sum|count)\{[^}]*\} (\S+)$", text, re.M)
+    }
+    return found.get("sum", 0.0), found.get("count", 0.0)
 
-    bundle = write_bundle(model, "v1", sample=X[:5], dest=WORK / "rf-bundle", name="rf")
-    port = free_port()
+
+def _worker_cpu(pid: int) -> dict[int, float]:
+    times = {}
+    for child in psutil.Process(pid).children():
+        with_times = child.cpu_times()
+        times[child.pid] = with_times.user + with_times.system
+    return times
+
+
+def _memory(label: str, pid: int, ours: bool) -> Memory:
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    rss = uss = 0.0
+    per_worker = []
+    for p in procs:
+        info = p.memory_full_info()
+        rss += info.rss / 2**20
+        uss += info.uss / 2**20
+        if ours and p.pid != pid:
+            per_worker.append((info.rss / 2**20, info.uss / 2**20))
+    if ours and not per_worker:  # one worker: the process itself
+        info = procs[0].memory_full_info()
+        per_worker.append((info.rss / 2**20, info.uss / 2**20))
+    return Memory(label, len(procs), rss, uss, per_worker)
+
+
+def measure(
+    peer: peers.Peer, port: int, X: np.ndarray[Any, Any], seconds: float, ours: bool = False
+) -> tuple[list[Run], Memory]:
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "model_server", "--model-dir", str(bundle.path),
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     runs: list[Run] = []
-    row = X[100].tolist()
-    v1 = {"instances": [row]}
-    v2 = {"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": row}]}
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with running(cmd, f"{url}/v2/health/ready", env, WORK / "model_server.log"):
-        for c in CONNECTIONS:
-            wrk(f"{url}/v2/models/rf/infer", v2, c, 1)  # warm-up
-            runs.append(
-                Run(
-                    "mlshift model_server",
-                    "v2",
-                    c,
-                    *wrk(f"{url}/v2/models/rf/infer", v2, c, seconds),
-                )
-            )
-            runs.append(
-                Run(
-                    "mlshift model_server",
-                    "v1",
-                    c,
-                    *wrk(f"{url}/v1/models/rf:predict", v1, c, seconds),
-                )
-            )
-    return runs
+    log = WORK / f"{re.sub(r'[^a-z0-9]+', '-', peer.label.lower())}.log"
+    with running(peer.cmd, f"{url}{peer.ready_path}", peer.env, log) as pid:
+        for rows in ROWS:
+            body = peer.body(X[100 : 100 + rows].tolist())
+            for c in CONNECTIONS:
+                wrk(f"{url}{peer.infer_path}", body, c, 1)  # warm-up
+                before = _batch_totals(url) if ours else (0.0, 0.0)
+                cpu_before = _worker_cpu(pid) if ours else {}
+                result = wrk(f"{url}{peer.infer_path}", body, c, seconds)
+                run = Run(peer.label, rows, c, *result)
+                if ours:
+                    after = _batch_totals(url)
+                    calls = after[1] - before[1]
+                    run.batch = (after[0] - before[0]) / calls if calls else None
+                    cpu = _worker_cpu(pid)
+                    used = [cpu[p] - cpu_before.get(p, 0.0) for p in cpu]
+                    if len(used) > 1 and sum(used) > 0:
+                        run.busiest = max(used) / sum(used)
+                runs.append(run)
+        memory = _memory(peer.label, pid, ours)
+    return runs, memory
 
 
-def bench_mlserver(model: Any, X: np.ndarray[Any, Any], seconds: float) -> list[Run] | str:
-    binary = MLSERVER_VENV / "bin" / "mlserver"
-    if not binary.exists():
-        return f"MLServer is not installed at {MLSERVER_VENV} (see this script's docstring)"
-    import joblib
-
-    models = WORK / "mlserver-models"
-    shutil.rmtree(models, ignore_errors=True)
-    (models / "rf").mkdir(parents=True)
-    joblib.dump(model, models / "rf" / "model.joblib")
-    (models / "rf" / "model-settings.json").write_text(json.dumps({
-        "name": "rf",
-        "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "v1"},
-    }))  # fmt: skip
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        MLSERVER_PARALLEL_WORKERS="2",
-        MLSERVER_HTTP_PORT=str(port),
-        MLSERVER_GRPC_PORT=str(free_port()),
-        MLSERVER_METRICS_PORT=str(free_port()),
-        MLSERVER_HOST="127.0.0.1",
-        MLSERVER_LOGGING_LEVEL="WARNING",
-        MLSERVER_DEBUG="false",  # no per-request access log: its best setting
+def model_server(bundle: Path, port: int, workers: int, balance: str) -> peers.Peer:
+    label = f"{OURS} (1 worker)" if workers == 1 else f"{OURS} ({workers} workers, {balance})"
+    cmd = [sys.executable, "-m", "model_server", "--model-dir", str(bundle),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+           "--balance", balance]  # fmt: skip
+    return peers.Peer(
+        label, cmd, {"PYTHONPATH": str(ROOT)}, "/v2/health/ready", "/v2/models/rf/infer", "v2"
     )
-    url = f"http://127.0.0.1:{port}"
-    row = X[100].tolist()
-    v2 = {"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": row}]}
-    runs: list[Run] = []
-    with running(
-        [str(binary), "start", str(models)], f"{url}/v2/models/rf/ready", env, WORK / "mlserver.log"
-    ):
-        for c in CONNECTIONS:
-            wrk(f"{url}/v2/models/rf/infer", v2, c, 1)  # warm-up
-            runs.append(
-                Run(
-                    "MLServer 1.7 (2 workers)",
-                    "v2",
-                    c,
-                    *wrk(f"{url}/v2/models/rf/infer", v2, c, seconds),
-                )
-            )
-    return runs
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "" if value is None else pattern.format(value)
 
 
 def report(
-    limit: tuple[float, float, float], ours: list[Run], theirs: list[Run] | str, seconds: float
+    rates: dict[int, float],
+    runs: list[Run],
+    *,
+    memory: list[Memory],
+    missing: list[str],
+    seconds: float,
+    auto: str,
 ) -> str:
-    single_rps, single_ms, batch_rows = limit
     lines = [
         "# Serving benchmark",
         "",
-        f"RandomForestClassifier (50 trees, depth 8, 20 float features), single-row requests,"
-        f" `wrk -t1` for {seconds:g} s per cell over loopback, {os.cpu_count()} CPUs, all measured"
-        " in one run by `benchmarks/serving.py`.",
+        "RandomForestClassifier (50 trees, depth 8, 20 float features); single-row and 32-row"
+        f" requests, `wrk -t1` for {seconds:g} s per cell over loopback, {os.cpu_count()} CPUs,"
+        " all measured in one run by `benchmarks/serving.py`. model_server speaks v2 JSON,"
+        " MLServer v2, KServe v1 (`instances`), BentoML its own JSON (`instances`).",
         "",
-        f"In-process limit: one-row `predict` {single_rps:.0f}/s ({single_ms:.2f} ms each);"
-        f" 32-row batches {batch_rows:.0f} rows/s.",
+        "In-process `predict` (rows/s by rows per call): "
+        + ", ".join(f"{n} → {r:.0f}" for n, r in rates.items())
+        + ".",
         "",
-        "| server | protocol | connections | requests/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| server | rows/request | connections | requests/s | rows/s | p50 ms | p99 ms | errors"
+        " | rows per predict | busiest worker's CPU share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    runs = ours + (theirs if isinstance(theirs, list) else [])
     for r in runs:
         lines.append(
-            f"| {r.server} | {r.protocol} | {r.connections} | {r.rps:.0f} | {r.p50_ms:.2f}"
-            f" | {r.p99_ms:.2f} | {r.errors} |"
+            f"| {r.server} | {r.rows} | {r.connections} | {r.rps:.0f} | {r.rows_per_s:.0f}"
+            f" | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {_fmt(r.batch, '{:.1f}')}"
+            f" | {_fmt(r.busiest, '{:.0%}')} |"
         )
-    lines += ["", "## Ratios (model_server v2 vs baselines, same run)", ""]
-    if isinstance(theirs, str):
-        lines.append(f"MLServer not measured: {theirs}")
+    for note in missing:
+        lines.append(f"\nNot measured: {note}")
+    ours = [r for r in runs if r.server == auto]
+    theirs = [r for r in runs if not r.server.startswith(OURS)]
     lines += [
-        "| connections | × MLServer req/s | MLServer p99 / ours | × in-process single predict |",
-        "|---:|---:|---:|---:|",
+        "",
+        f"## Goals at 64 connections ({auto} vs the best peer, same run)",
+        "",
+        "| rows/request | ours | best peer | × best peer | best peer p99 / ours | goal |",
+        "|---:|---:|---:|---:|---:|---|",
     ]
-    for c in CONNECTIONS:
-        mine = next(r for r in ours if r.connections == c and r.protocol == "v2")
-        other = next(
-            (r for r in runs if r.connections == c and r.server.startswith("MLServer")), None
+    for rows, goal in ((1, "≥ 10× req/s, p99 ≤ 1/10"), (32, "≥ 1.3× rows/s, lower p99")):
+        mine = next((r for r in ours if r.rows == rows and r.connections == 64), None)
+        peer = max(
+            (r for r in theirs if r.rows == rows and r.connections == 64),
+            key=lambda r: r.rows_per_s,
+            default=None,
         )
-        x_ml = f"{mine.rps / other.rps:.1f}×" if other else "n/a"
-        p99 = f"{other.p99_ms / mine.p99_ms:.1f}×" if other else "n/a"
-        lines.append(f"| {c} | {x_ml} | {p99} | {mine.rps / single_rps:.1f}× |")
+        if mine is None or peer is None or not (mine.rps and peer.rps and mine.p99_ms):
+            continue
+        lines.append(
+            f"| {rows} | {mine.rows_per_s:.0f} rows/s, p99 {mine.p99_ms:.1f} ms"
+            f" | {peer.server}: {peer.rows_per_s:.0f} rows/s, p99 {peer.p99_ms:.1f} ms"
+            f" | {mine.rows_per_s / peer.rows_per_s:.1f}× | {peer.p99_ms / mine.p99_ms:.1f}×"
+            f" | {goal} |"
+        )
     lines += [
+        "",
+        "## Memory after the run (resident / unique, MiB)",
+        "",
+        "| server | processes | RSS total | USS total | per model_server worker (RSS / USS) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for m in memory:
+        workers = ", ".join(f"{a:.0f} / {b:.0f}" for a, b in m.per_worker)
+        lines.append(
+            f"| {m.server} | {m.processes} | {m.rss_mib:.0f} | {m.uss_mib:.0f} | {workers} |"
+        )
+    lines += [
+        "",
+        "USS is what a worker adds (its own pages); RSS also counts pages shared with the"
+        " parent after fork. Size a pod's memory limit as about the parent's RSS plus one"
+        " worker's USS per CPU; `--workers auto` budgets 160 MiB plus twice the model file per"
+        " worker and spends at most 80 % of the memory limit.",
+        "",
+        "Rows per predict is the mean batch the adaptive batcher formed (mlshift_batch_size);"
+        " the busiest worker's CPU share is 50 % when two workers split the work evenly.",
         "",
         f"Load average when the run ended: {os.getloadavg()[0]:.1f} (other work on the machine"
-        " slows both servers alike; compare ratios, not absolute numbers).",
-        "",
-        "Ratios above 1 are better for model_server. Beating the single-predict rate is what"
-        " adaptive batching buys: concurrent requests share one `predict` call.",
+        " slows every server alike; compare within the run, not across runs).",
         "",
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk cell")
+    parser.add_argument("--workers", type=int, default=None, help="model_server auto workers")
+    parser.add_argument("--skip-peers", action="store_true", help="only model_server")
+    parser.add_argument("--report-only", action="store_true", help="redo the last report")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((WORK / "serving-runs.json").read_text())
+        text = report(
+            {int(k): v for k, v in saved["rates"].items()},
+            [Run(**r) for r in saved["runs"]],
+            memory=[Memory(**m) for m in saved["memory"]],
+            missing=saved["missing"],
+            seconds=saved["seconds"],
+            auto=saved["auto"],
+        )
+        RESULTS.write_text(text)
+        sys.stdout.write(text)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     WORK.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    import joblib
+
+    from mlshift._bundle import write_bundle
+    from model_server._capacity import auto_workers, model_bytes, read_capacity
+
     model, X = train()
-    limit = in_process(model, X, 3.0)
-    ours = bench_model_server(model, X, args.duration)
-    theirs = bench_mlserver(model, X, args.duration)
-    text = report(limit, ours, theirs, args.duration)
+    rates = in_process(model, X, 2.0)
+    bundle = write_bundle(model, "v1", sample=X[:5], dest=WORK / "rf-bundle", name="rf").path
+    model_file = WORK / "rf.joblib"
+    joblib.dump(model, model_file)
+    workers = args.workers or max(2, auto_workers(read_capacity(), model_bytes(bundle)))
+    runs: list[Run] = []
+    memory: list[Memory] = []
+    servers: list[tuple[Callable[[int], peers.Peer], bool]] = [
+        (lambda p: model_server(bundle, p, 1, "reuseport"), True),
+        (lambda p: model_server(bundle, p, workers, "reuseport"), True),
+        (lambda p: model_server(bundle, p, workers, "handoff"), True),
+    ]
+    if not args.skip_peers:
+        servers += [
+            (lambda p: peers.mlserver(model_file, p, (free_port(), free_port()), 2), False),
+            (lambda p: peers.kserve(model_file, p, (free_port(), free_port()), 1), False),
+            (lambda p: peers.kserve(model_file, p, (free_port(), free_port()), 2), False),
+            (lambda p: peers.bentoml(model_file, p, (free_port(), free_port()), 2), False),
+        ]
+    missing = []
+    for make, ours in servers:
+        port = free_port()
+        try:
+            peer = make(port)
+            got, mem = measure(peer, port, X, args.duration, ours=ours)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            missing.append(f"{exc}")
+            continue
+        runs += got
+        memory.append(mem)
+        sys.stderr.write(f"measured {peer.label}\n")
+    auto = f"{OURS} ({workers} workers, reuseport)"
+    # The raw cells first, so a failing report loses nothing (``--report-only`` redoes it).
+    (WORK / "serving-runs.json").write_text(
+        json.dumps({
+            "rates": rates, "runs": [r.__dict__ for r in runs],
+            "memory": [m.__dict__ for m in memory], "missing": missing,
+            "seconds": args.duration, "auto": auto,
+        })
+    )  # fmt: skip
+    text = report(rates, runs, memory=memory, missing=missing, seconds=args.duration, auto=auto)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
     sys.stdout.write(text)

@@ -142,6 +142,8 @@ def render_deployment(state: EndpointState, spec: VersionSpec) -> dict[str, Any]
             {"name": "MLSHIFT_MODEL_VERSION", "value": spec.name},
             {"name": "MLSHIFT_GRACE_PERIOD_S", "value": str(GRACE_PERIOD_S)},
             *([{"name": "MLSHIFT_TRUST_PICKLE", "value": "1"}] if spec.trust_pickle else []),
+            # auto reads the CPU limit from the cgroup quota and caps it for the memory limit.
+            {"name": "WORKERS", "value": "auto"},
         ],
         "readinessProbe": _probe("/v2/health/ready", period=5, timeout=3, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, timeout=5, failures=3),

@@ -3,20 +3,31 @@
 Names are a contract with mlshift's metrics readers: ``mlshift_requests_total``,
 ``mlshift_request_duration_seconds``, ``mlshift_batch_size``, ``mlshift_predictions_total``
 (classifiers) and ``mlshift_prediction_value`` (regressors), all labelled with model and version.
+
+With several workers the parent sets ``PROMETHEUS_MULTIPROC_DIR`` (and ``SHARED_METRICS_ENV``) to
+a private directory before any worker imports prometheus_client: every worker then writes its
+values to files there, and whichever worker answers /metrics sums them all (prometheus_client's
+multiprocess mode), so the counts and histograms are those of the whole server. The parent's own
+families (``model_server_worker_restarts_total``, ``model_server_workers``) land there too.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from model_server._settings import SHARED_METRICS_ENV
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_VALUE_BUCKETS", "LATENCY_BUCKETS", "ServerMetrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
 # Fine enough for sub-millisecond models, wide enough for a slow one behind a queue.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
@@ -89,6 +100,12 @@ class ServerMetrics:
                 registry=self.registry,
             ).labels(model, version)
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        # One view over every worker's files when the parent set a multiprocess directory.
+        self._exposed = self.registry
+        shared = os.environ.get(SHARED_METRICS_ENV)
+        if shared:
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, path=shared)  # type: ignore[no-untyped-call]
 
     def observe_request(self, route: str, code: int, seconds: float) -> None:
         """Count one request and record its duration."""
@@ -127,4 +144,4 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         """Return the text exposition of every metric."""
-        return bytes(generate_latest(self.registry))
+        return bytes(generate_latest(self._exposed))

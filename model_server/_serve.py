@@ -18,7 +18,7 @@ import uvicorn
 from model_server._app import ModelApp
 from model_server._settings import Settings
 
-__all__ = ["DrainingServer", "serve"]
+__all__ = ["DrainingServer", "make_config", "serve"]
 
 log = logging.getLogger("mlshift.model_server")
 
@@ -58,13 +58,14 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(app: ModelApp, settings: Settings) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain and return.
+def make_config(app: ModelApp, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration every model_server process runs with (uvloop, httptools).
 
     Example:
-        >>> serve(create_app(load_bundle("b"), settings), settings)  # doctest: +SKIP
+        >>> make_config(app, settings).loop  # doctest: +SKIP
+        'uvloop'
     """
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -76,4 +77,12 @@ def serve(app: ModelApp, settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, math.ceil(settings.grace_period_s)),
         server_header=False,
     )
-    DrainingServer(config, app, settings.grace_period_s).run()
+
+
+def serve(app: ModelApp, settings: Settings) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and return.
+
+    Example:
+        >>> serve(create_app(load_bundle("b"), settings), settings)  # doctest: +SKIP
+    """
+    DrainingServer(make_config(app, settings), app, settings.grace_period_s).run()

@@ -79,8 +79,10 @@ class LocalEngine(PlanSteps):
         port: int | None = None,
         envoy: str | os.PathLike[str] | None = None,
         ready_timeout_s: float = 60.0,
+        workers: int = 1,
     ) -> None:
         self.name = name
+        self.workers = workers
         self.files = EndpointFiles(home / "endpoints" / name)
         self.root = self.files.root  # absolute
         self.ready_timeout_s = ready_timeout_s

@@ -133,11 +133,13 @@ def start_model_server(
     grace_period_s: float = 5.0,
     avoid_ports: Collection[int] = (),
     trust_pickle: bool = False,
+    workers: int = 1,
 ) -> ProcessRecord:
     """Start ``model_server`` for one version on a free loopback port (not in ``avoid_ports``).
 
     ``trust_pickle`` lets it load a cloudpickle bundle; pass it only for a version whose
-    deployer said so (``VersionSpec.trust_pickle``).
+    deployer said so (``VersionSpec.trust_pickle``). ``workers`` processes serve it (one by
+    default: a laptop runs several versions at once).
 
     The record goes to ``run_dir/<version>.json`` and the output to ``run_dir/<version>.log``.
 
@@ -162,6 +164,8 @@ def start_model_server(
         "--grace-period-s",
         str(grace_period_s),
         *(["--trust-pickle"] if trust_pickle else []),
+        "--workers",
+        str(workers),
     ]
     return spawn(
         cmd,

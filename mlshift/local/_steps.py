@@ -73,6 +73,7 @@ class PlanSteps(abc.ABC):
     files: EndpointFiles
     sampling: MeshSampling
     ready_timeout_s: float
+    workers: int
 
     @property
     @abc.abstractmethod
@@ -161,6 +162,7 @@ class PlanSteps(abc.ABC):
             run_dir=self.files.run_dir,
             avoid_ports=(self.router.port,),
             trust_pickle=trust_pickle,
+            workers=self.workers,
         )
         extra = {**(record.extra or {}), "sha256": sha256}
         dataclasses.replace(record, extra=extra).save(self.files.record_path(version))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["HOME_ENV", "Local"]
 
 HOME_ENV = "MLSHIFT_HOME"
-_ENGINES: weakref.WeakValueDictionary[tuple[str, str, int | None, str | None], LocalEngine] = (
+_ENGINES: weakref.WeakValueDictionary[tuple[str, str, int | None, str | None, int], LocalEngine] = (
     weakref.WeakValueDictionary()
 )
 _LOCK = threading.Lock()
@@ -51,6 +51,8 @@ class Local:
             then ``envoy`` on PATH).
         routing: ``"istio"`` (default) or ``"gateway-api"``: which objects new endpoints are
             rendered as; the Envoy translation reads either, with the same behaviour.
+        workers: model_server worker processes per version (default 1: a laptop runs several
+            versions at once; each worker holds its own copy of the model).
 
     Example:
         >>> ep = mlshift.endpoint("churn", target=mlshift.Local(port=8000))  # doctest: +SKIP
@@ -69,7 +71,13 @@ class Local:
         port: int | None = None,
         envoy: str | os.PathLike[str] | None = None,
         routing: Routing = "istio",
+        workers: int = 1,
     ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InvalidArgumentError(
+                f"workers must be a whole number of at least 1, got {workers!r}"
+            )
+        self.workers = workers
         self.home = Path(state_dir).expanduser() if state_dir is not None else default_home()
         if port is not None and not 1 <= int(port) <= 65535:
             raise InvalidArgumentError(
@@ -105,11 +113,13 @@ class Local:
             <LocalEngine churn at /tmp/mlshift/endpoints/churn>
         """
         check_name(endpoint, kind="endpoint name")
-        key = (str(self.home.resolve()), endpoint, self.port, self.envoy)
+        key = (str(self.home.resolve()), endpoint, self.port, self.envoy, self.workers)
         with _LOCK:
             engine = _ENGINES.get(key)
             if engine is None or engine.closed:
-                engine = LocalEngine(endpoint, self.home, port=self.port, envoy=self.envoy)
+                engine = LocalEngine(
+                    endpoint, self.home, port=self.port, envoy=self.envoy, workers=self.workers
+                )
                 _ENGINES[key] = engine
             return engine
 
