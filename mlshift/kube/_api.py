@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from mlshift._exceptions import APIConflictError, APIError, APINotFoundError
 from mlshift.kube._config import import_kubernetes
@@ -207,25 +207,57 @@ class KubeAPI:
     ) -> dict[str, Any]:
         api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
         http_error = import_kubernetes("urllib3.exceptions").HTTPError
-        client = self.client
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
         try:
-            params = client.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            response = client.call_api(*params, _request_timeout=self.request_timeout)
-            response.read()
-            data = client.response_deserialize(response, {"2XX": "object"}).data
+            data = self._send(method, path, query, body, content_type)
         except (api_exception, http_error, OSError) as exc:
             raise wrap_api_exception(exc, what, self.server) from exc
         return data if isinstance(data, dict) else {}
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        body: object,
+        content_type: str,
+    ) -> Any:
+        """One request through the client's REST layer, the same on every supported client.
+
+        ``ApiClient.param_serialize``/``response_deserialize`` exist only in newer clients
+        and ``call_api``/``update_params_for_auth`` changed their signatures with them, so
+        this uses what all of them share: ``configuration.host`` and ``auth_settings()``,
+        ``default_headers`` and ``rest_client.request``. Older clients read the
+        body and raise ``ApiException`` themselves; newer ones return the response unread.
+        """
+        api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
+        client = self.client
+        headers: dict[str, str] = {"Accept": "application/json", **client.default_headers}
+        if client.cookie:
+            headers["Cookie"] = client.cookie
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = list((query or {}).items())
+        # The bearer token (refreshed by the kubeconfig's exec/auth-provider hook when set);
+        # client certificates live in the REST client's TLS settings.
+        for setting in (client.configuration.auth_settings() or {}).values():
+            if setting.get("value") and setting.get("in") == "header":
+                headers[str(setting["key"])] = str(setting["value"])
+        url = client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
+        response = client.rest_client.request(
+            method,
+            url,
+            headers=headers,
+            body=body,
+            _request_timeout=(self.request_timeout, self.request_timeout),
+        )
+        if callable(getattr(response, "read", None)):
+            response.read()  # newer clients leave the body unread
+        if not 200 <= int(response.status) <= 299:
+            raise api_exception(http_resp=response)
+        text = response.data
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        return json.loads(text) if text else {}
 
     def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
         """Return one object; ``APINotFoundError`` when it does not exist."""
