@@ -6,7 +6,8 @@ round-tripping them through the generated models, and Istio's resources have non
 
 Writes are ``POST`` (create) and ``PATCH`` with ``application/merge-patch+json``, never
 ``PUT``, each with ``fieldManager=mlshift`` so ``kubectl``/GitOps tools can see who owns what.
-Failures become ``APIError`` (``APINotFoundError`` for 404, ``APIConflictError`` for 409)
+Failures become ``APIError`` (``APINotFoundError`` for a 404 ``Status`` naming the object,
+never for the plain-text 404 of a path the server does not serve; ``APIConflictError`` for 409)
 carrying ``code``, ``message`` and ``details`` from the Kubernetes ``Status`` payload; an API
 server that cannot be reached is an ``APIError`` with code 0 naming its URL.
 """
@@ -120,7 +121,16 @@ def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
     details = payload.get("details")
     text = f"{what} failed: {code} {reason}: {message}".replace(": :", ":")
     if code == 404:
-        return APINotFoundError(f"{text} (it does not exist)", code=code, details=details)
+        if payload.get("kind") == "Status" and reason == "NotFound":
+            return APINotFoundError(f"{text} (it does not exist)", code=code, details=details)
+        # A plain-text "404 page not found": the path itself is not served (an API group or
+        # version the cluster does not have), which says nothing about the object.
+        return APIError(
+            f"{what} failed: 404 {message.strip()}: the API server does not serve this API"
+            " group/version; is the CRD (e.g. Istio's) installed?",
+            code=code,
+            details=details,
+        )
     if code == 409:
         return APIConflictError(
             f"{text} (it changed since it was read; read it again and retry)",
@@ -177,6 +187,7 @@ class KubeAPI:
     ) -> None:
         self._factory = client_factory
         self._client: Any = None
+        self._served: dict[str, tuple[str, ...]] = {}
         self.server = server
         self.request_timeout = request_timeout
 
@@ -258,6 +269,28 @@ class KubeAPI:
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
         return json.loads(text) if text else {}
+
+    def served_versions(self, group: str) -> tuple[str, ...]:
+        """The versions of API ``group`` the server serves (``()`` if none); asked once.
+
+        Example:
+            >>> api.served_versions("networking.istio.io")  # doctest: +SKIP
+            ('v1', 'v1beta1', 'v1alpha3')
+        """
+        if group not in self._served:
+            try:
+                data = self._call("GET", f"/apis/{quote(group, safe='')}", f"discover {group}")
+            except APINotFoundError:
+                data = {}
+            except APIError as exc:
+                if exc.code != 404:
+                    raise
+                data = {}  # the plain-text 404 of a group the cluster does not have
+            versions = data.get("versions") or ()
+            self._served[group] = tuple(
+                str(v["version"]) for v in versions if isinstance(v, dict) and v.get("version")
+            )
+        return self._served[group]
 
     def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
         """Return one object; ``APINotFoundError`` when it does not exist."""

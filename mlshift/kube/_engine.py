@@ -5,6 +5,8 @@ its rollout, then the DestinationRule subset, then the VirtualService routes; re
 the other way. Three rules keep other people's work and live traffic safe:
 
 - Objects are created with ``POST`` and, when they exist, merge-patched; never ``PUT``.
+  Istio's objects use the networking version the cluster serves (``_discovery``); a
+  cluster without Istio is a ``ConfigError`` before the first write.
 - Routes are changed by reading the VirtualService, swapping only mlshift's routes
   (``merge_routes``) and writing a merge patch carrying the ``resourceVersion`` that was
   read, so a concurrent change makes the API server answer 409. A change computed from
@@ -52,14 +54,13 @@ from mlshift._state import (
 )
 from mlshift.kube._api import (
     DEPLOYMENTS,
-    DESTINATION_RULES,
     EVENTS,
     PODS,
     REPLICA_SETS,
-    RESOURCES,
-    VIRTUAL_SERVICES,
     KubeAPI,
+    Resource,
 )
+from mlshift.kube._discovery import ISTIO_KINDS, istio_version, resource, versioned
 from mlshift.kube._live import (
     HISTORY_ANNOTATION,
     Rollout,
@@ -129,6 +130,10 @@ class KubernetesEngine:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def _res(self, kind: str) -> Resource:
+        """The resource of ``kind`` (Istio's at the version the cluster serves)."""
+        return resource(self.api, kind)
+
     def _get_or_none(self, res: Any, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self.api.get(res, namespace, name)
@@ -150,8 +155,8 @@ class KubernetesEngine:
         """
         ns = self.settings.namespace
         deployments = self._deployments(ns, name)
-        dr = self._get_or_none(DESTINATION_RULES, ns, name)
-        vs = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+        dr = self._get_or_none(self._res("DestinationRule"), ns, name)
+        vs = self._get_or_none(self._res("VirtualService"), ns, name)
         subsets = [str(s.get("name")) for s in dig(dr, "spec", "subsets") or ()]
         versions = tuple(
             version_from_deployment(deployments[v]) if v in deployments else VersionSpec(v)
@@ -271,6 +276,8 @@ class KubernetesEngine:
     def execute(self, plan: Plan) -> None:
         """Run the plan's steps in order; see the module docstring for the rules."""
         state = plan.state
+        if any(s.kind in ISTIO_KINDS or s.action == "patch-routes" for s in plan.steps):
+            istio_version(self.api)  # no Istio: ConfigError before anything is applied
         for step in plan.steps:
             log.info("%s/%s: %s", state.namespace, state.name, step.describe())
             if step.action == "apply":
@@ -285,7 +292,7 @@ class KubernetesEngine:
                     state, routes, plan.history, None if previous is None else list(previous)
                 )
             elif step.action == "delete":
-                self.api.delete(RESOURCES[step.kind], state.namespace, step.name)
+                self.api.delete(self._res(step.kind), state.namespace, step.name)
         deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
         if deleting:
             # Deployments whose rollout failed never joined the endpoint's state: sweep them.
@@ -294,13 +301,14 @@ class KubernetesEngine:
 
     def _apply(self, namespace: str, step: Step) -> None:
         assert step.obj is not None, f"{step.describe()} has no object"
-        res = RESOURCES[step.kind]
+        res = self._res(step.kind)
+        obj = versioned(step.obj, res)
         try:
-            self.api.create(res, namespace, step.obj)
+            self.api.create(res, namespace, obj)
         except APIConflictError:
             # It exists: merge-patch it to the rendered form (PUT would need its
             # resourceVersion and would drop fields other tools set).
-            self.api.patch(res, namespace, step.name, step.obj)
+            self.api.patch(res, namespace, step.name, obj)
 
     def _wait_ready(self, state: EndpointState, name: str, version: str) -> None:
         from tqdm.auto import tqdm
@@ -348,7 +356,8 @@ class KubernetesEngine:
     ) -> None:
         ns, name = state.namespace, state.name
         annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
-        live = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+        res = self._res("VirtualService")
+        live = self._get_or_none(res, ns, name)
         if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
             raise ConflictError(
                 f"the routes of VirtualService {ns}/{name} changed since they were read:"
@@ -357,13 +366,13 @@ class KubernetesEngine:
             )
         try:
             if live is None:
-                vs = render_virtual_service(state)
+                vs = versioned(render_virtual_service(state), res)
                 vs["spec"]["http"] = managed
                 vs["metadata"]["annotations"] = annotations
-                self.api.create(VIRTUAL_SERVICES, ns, vs)
+                self.api.create(res, ns, vs)
             else:
                 patch = _routes_patch(state, live, managed, annotations)
-                self.api.patch(VIRTUAL_SERVICES, ns, name, patch)
+                self.api.patch(res, ns, name, patch)
         except APIConflictError as exc:
             raise ConflictError(
                 f"VirtualService {ns}/{name} changed while mlshift wrote its routes (409);"
