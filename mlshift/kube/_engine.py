@@ -41,6 +41,7 @@ from mlshift._exceptions import (
     NotReadyError,
     UnsupportedError,
 )
+from mlshift._names import check_name
 from mlshift._render import (
     MANAGED_BY,
     deployment_name,
@@ -121,7 +122,9 @@ class KubernetesEngine:
     capabilities: frozenset[Capability] = frozenset()
 
     def __init__(self, endpoint: str, api: KubeAPI, settings: EngineSettings) -> None:
-        self.endpoint = endpoint
+        # The endpoint names a Service: a DNS-1035 label, checked before any call (the API
+        # server would refuse "9churn" only at the Service, after the Deployment rolled out).
+        self.endpoint = check_name(endpoint, kind="endpoint name")
         self.api = api
         self.settings = settings
 
