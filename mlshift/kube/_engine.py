@@ -5,6 +5,8 @@ its rollout, then the DestinationRule subset, then the VirtualService routes; re
 the other way. Three rules keep other people's work and live traffic safe:
 
 - Objects are created with ``POST`` and, when they exist, merge-patched; never ``PUT``.
+  An existing Deployment or Service without mlshift's managed-by label is someone else's:
+  refused before any write (``_writes``).
   Istio's objects use the networking version the cluster serves (``_discovery``); a
   cluster without Istio is a ``ConfigError`` before the first write.
 - Routes are changed by reading the VirtualService, swapping only mlshift's routes
@@ -78,6 +80,7 @@ from mlshift.kube._live import (
     same_routes,
     version_from_deployment,
 )
+from mlshift.kube._writes import OWNED_KINDS, check_owned
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -282,6 +285,10 @@ class KubernetesEngine:
         if any(s.kind in ISTIO_KINDS or s.action == "patch-routes" for s in plan.steps):
             istio_version(self.api)  # no Istio: ConfigError before anything is applied
         for step in plan.steps:
+            if step.kind in OWNED_KINDS and step.action in ("apply", "delete"):
+                # Someone else's churn Service or churn-v1 Deployment: refuse before writing.
+                check_owned(self.api, self._res(step.kind), state.namespace, step.name)
+        for step in plan.steps:
             log.info("%s/%s: %s", state.namespace, state.name, step.describe())
             if step.action == "apply":
                 self._apply(state.namespace, step)
@@ -310,7 +317,9 @@ class KubernetesEngine:
             self.api.create(res, namespace, obj)
         except APIConflictError:
             # It exists: merge-patch it to the rendered form (PUT would need its
-            # resourceVersion and would drop fields other tools set).
+            # resourceVersion and would drop fields other tools set), if it is mlshift's.
+            if step.kind in OWNED_KINDS:
+                check_owned(self.api, res, namespace, step.name)
             self.api.patch(res, namespace, step.name, obj)
 
     def _wait_ready(self, state: EndpointState, name: str, version: str) -> None:

@@ -11,7 +11,7 @@ deployments (apps)       get list create patch      one per version; poll its ro
                          delete                     the endpoint's versions
 replicasets (apps)       list                       which pods belong to the newest rollout
 pods, events             list                       say why a version is not ready
-services                 create patch delete        the endpoint's Service
+services                 get create patch delete    the endpoint's Service, if mlshift's
 destinationrules         get create patch delete    one subset per version (Istio)
 virtualservices          get create patch delete    the weights; never ``update`` (PUT)
 =======================  =========================  ========================================
@@ -36,7 +36,7 @@ RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch", "delete"]},
     {
         "apiGroups": ["networking.istio.io"],
         "resources": ["destinationrules", "virtualservices"],
