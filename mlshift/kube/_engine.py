@@ -6,7 +6,8 @@ the other way. Three rules keep other people's work and live traffic safe:
 
 - Objects are created with ``POST`` and, when they exist, merge-patched; never ``PUT``.
   An existing Deployment or Service without mlshift's managed-by label is someone else's:
-  refused before any write (``_writes``).
+  refused before any write (``_writes``). DestinationRule subsets are read, modified
+  (mlshift's only; others' kept) and written with the resourceVersion read, again on 409.
   Istio's objects use the networking version the cluster serves (``_discovery``); a
   cluster without Istio is a ``ConfigError`` before the first write.
 - Routes are changed by reading the VirtualService, swapping only mlshift's routes
@@ -47,6 +48,7 @@ from mlshift._names import check_name
 from mlshift._render import (
     MANAGED_BY,
     deployment_name,
+    is_managed_route,
     merge_routes,
     render_virtual_service,
 )
@@ -80,7 +82,7 @@ from mlshift.kube._live import (
     same_routes,
     version_from_deployment,
 )
-from mlshift.kube._writes import OWNED_KINDS, check_owned
+from mlshift.kube._writes import OWNED_KINDS, check_owned, write_subsets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -153,8 +155,9 @@ class KubernetesEngine:
     def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
         """Rebuild the endpoint's state and traffic history from the live objects.
 
-        A version counts once its DestinationRule subset exists (a Deployment whose rollout
-        failed is not part of the endpoint yet, so deploying it again retries the rollout).
+        A version counts once its DestinationRule subset exists and a managed route names it
+        (a Deployment whose rollout failed is not part of the endpoint yet, so deploying it
+        again retries the rollout; other subsets are someone else's).
         A subset whose Deployment was deleted by hand stays, as a version with no image:
         ``status()`` says so, and its traffic can be shifted away and the version removed
         (or deployed again).
@@ -163,7 +166,23 @@ class KubernetesEngine:
         deployments = self._deployments(ns, name)
         dr = self._get_or_none(self._res("DestinationRule"), ns, name)
         vs = self._get_or_none(self._res("VirtualService"), ns, name)
-        subsets = [str(s.get("name")) for s in dig(dr, "spec", "subsets") or ()]
+        # mlshift's subsets select ``version=<name>`` and nothing else; others are not versions.
+        subsets = [
+            str(s.get("name"))
+            for s in dig(dr, "spec", "subsets") or ()
+            if s.get("labels") == {"version": s.get("name")}
+        ]
+        if vs is not None:
+            # A subset no managed route names is a change half-done (a deploy that lost its
+            # route write to another notebook, a removal whose subset write failed): not a
+            # version yet, or no more. Planning from it would expect routes that are not live.
+            routed = {
+                str(dig(d, "destination", "subset") or "")
+                for r in dig(vs, "spec", "http") or ()
+                if is_managed_route(r)
+                for d in r.get("route") or ()
+            }
+            subsets = [v for v in subsets if v in routed]
         versions = tuple(
             version_from_deployment(deployments[v]) if v in deployments else VersionSpec(v)
             for v in subsets
@@ -288,9 +307,19 @@ class KubernetesEngine:
             if step.kind in OWNED_KINDS and step.action in ("apply", "delete"):
                 # Someone else's churn Service or churn-v1 Deployment: refuse before writing.
                 check_owned(self.api, self._res(step.kind), state.namespace, step.name)
+        # The subsets this change may touch: the versions before and after it. Any other
+        # subset in the DestinationRule is someone else's and stays.
+        managed = {*state.version_names, *(s.version for s in plan.steps if s.version)}
+        for step in plan.steps:
+            if step.kind == "DestinationRule" and step.action == "apply" and step.obj:
+                managed.update(str(x.get("name")) for x in step.obj["spec"]["subsets"])
         for step in plan.steps:
             log.info("%s/%s: %s", state.namespace, state.name, step.describe())
-            if step.action == "apply":
+            if step.action == "apply" and step.kind == "DestinationRule":
+                res = self._res(step.kind)
+                assert step.obj is not None, f"{step.describe()} has no object"
+                write_subsets(self.api, res, state.namespace, versioned(step.obj, res), managed)
+            elif step.action == "apply":
                 self._apply(state.namespace, step)
             elif step.action == "wait-ready":
                 self._wait_ready(state, step.name, step.version or "")

@@ -1,28 +1,35 @@
-"""Writes that must not clobber what others own.
+"""Writes that must not clobber what others own: foreign objects, foreign subsets.
 
 - **No takeover.** mlshift creates a version's Deployment and the endpoint's Service and, when
   they exist, merge-patches them to the rendered form. An existing object without mlshift's
   ``app.kubernetes.io/managed-by=mlshift`` label is someone else's (a ``churn`` Service that
   selects other pods, a ``churn-v1`` Deployment of another team): it is refused with a
   ``DeployError`` before anything is written, never overwritten or deleted.
+- **DestinationRule subsets, read-modify-write.** The rule's ``subsets`` is an atomic list
+  for a merge patch; writing mlshift's list whole erases subsets others added and loses a
+  concurrent writer's subset. So the rule is read, mlshift's subsets (those named after the
+  endpoint's versions, then and now) are replaced in the live list and the rest kept in
+  place, and the patch carries the ``resourceVersion`` read: a 409 means someone wrote in
+  between, and the read-modify-write runs again on what is now live.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from mlshift._exceptions import APINotFoundError, DeployError
+from mlshift._exceptions import APIConflictError, APINotFoundError, ConflictError, DeployError
 from mlshift._render import MANAGED_BY
 from mlshift.kube._api import KubeAPI, Resource
 
-__all__ = ["OWNED_KINDS", "check_owned"]
+__all__ = ["OWNED_KINDS", "check_owned", "write_subsets"]
 
 log = logging.getLogger("mlshift.kube")
 
 OWNED_KINDS = frozenset({"Deployment", "Service"})
 """Kinds whose whole spec mlshift renders: an existing one must carry mlshift's label."""
+SUBSET_ATTEMPTS = 8
 
 
 def _ours(obj: Mapping[str, Any]) -> bool:
@@ -50,3 +57,64 @@ def check_owned(api: KubeAPI, res: Resource, namespace: str, name: str) -> bool:
             f" it over: `kubectl -n {namespace} label {res.kind.lower()} {name} {key}={value}`"
         )
     return True
+
+
+def _merged_subsets(
+    live: Sequence[Mapping[str, Any]],
+    wanted: Sequence[Mapping[str, Any]],
+    managed: Collection[str],
+) -> list[dict[str, Any]]:
+    """Live subsets with mlshift's (named in ``managed``) swapped for ``wanted``, in place."""
+    by_name = {str(s.get("name")): dict(s) for s in wanted}
+    out: list[dict[str, Any]] = []
+    for subset in live:
+        name = str(subset.get("name"))
+        if name not in managed:
+            out.append(dict(subset))  # someone else's: kept as it is, where it is
+        elif name in by_name:
+            out.append(by_name.pop(name))
+    return out + list(by_name.values())
+
+
+def write_subsets(
+    api: KubeAPI,
+    res: Resource,
+    namespace: str,
+    obj: Mapping[str, Any],
+    managed: Collection[str],
+) -> None:
+    """Create the DestinationRule ``obj``, or set mlshift's subsets in the live one.
+
+    ``managed`` names every subset mlshift owns in this change (the versions before and
+    after it), so a subset of a removed version goes and others' subsets stay.
+    """
+    name = str((obj.get("metadata") or {}).get("name"))
+    wanted = list((obj.get("spec") or {}).get("subsets") or ())
+    for _attempt in range(SUBSET_ATTEMPTS):
+        try:
+            live = api.get(res, namespace, name)
+        except APINotFoundError:
+            try:
+                api.create(res, namespace, obj)
+                return
+            except APIConflictError:
+                continue  # created meanwhile by another writer: read it and merge
+        spec = live.get("spec") or {}
+        subsets = _merged_subsets(spec.get("subsets") or (), wanted, managed)
+        patch: dict[str, Any] = {
+            "metadata": {"resourceVersion": (live.get("metadata") or {}).get("resourceVersion")},
+            "spec": {"subsets": subsets},
+        }
+        if spec.get("host") != (obj.get("spec") or {}).get("host"):
+            patch["spec"]["host"] = (obj.get("spec") or {}).get("host")
+        try:
+            api.patch(res, namespace, name, patch)
+            return
+        except APIConflictError:
+            log.info(
+                "DestinationRule %s/%s changed while writing its subsets; again", namespace, name
+            )
+    raise ConflictError(
+        f"DestinationRule {namespace}/{name} kept changing while mlshift wrote its subsets"
+        f" ({SUBSET_ATTEMPTS} attempts); try again"
+    )

@@ -114,10 +114,9 @@ def test_second_version_adds_subset_before_route(kube_emulator: KubeEmulator) ->
     _deploy(engine, _spec("v2"))
 
     writes = kube_emulator.writes()[before:]
-    # DestinationRule: POST answers 409 AlreadyExists, then a merge patch (never PUT).
+    # DestinationRule: read, then a merge patch of its subsets with that resourceVersion.
     assert writes == [
         ("POST", "deployments", "churn-v2"),
-        ("POST", "destinationrules", "churn"),
         ("PATCH", "destinationrules", "churn"),
         ("PATCH", "virtualservices", "churn"),
     ]
@@ -299,7 +298,6 @@ def test_remove_routes_first_then_subset_then_deployment(kube_emulator: KubeEmul
 
     assert kube_emulator.writes()[before:] == [
         ("PATCH", "virtualservices", "churn"),
-        ("POST", "destinationrules", "churn"),
         ("PATCH", "destinationrules", "churn"),
         ("DELETE", "deployments", "churn-v1"),
     ]
