@@ -9,13 +9,15 @@ Writes are ``POST`` (create) and ``PATCH`` with ``application/merge-patch+json``
 Failures become ``APIError`` (``APINotFoundError`` for a 404 ``Status`` naming the object,
 never for the plain-text 404 of a path the server does not serve; ``APIConflictError`` for 409)
 carrying ``code``, ``message`` and ``details`` from the Kubernetes ``Status`` payload; an API
-server that cannot be reached is an ``APIError`` with code 0 naming its URL.
+server that cannot be reached is an ``APIError`` with code 0 naming its URL. Reads (GET and
+LIST) answered with 429 or 5xx are tried again with backoff, honouring ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,9 @@ __all__ = [
 log = logging.getLogger("mlshift.kube")
 
 FIELD_MANAGER = "mlshift"
+READ_ATTEMPTS = 5
+"""GET/LIST tries when the API server answers 429 (throttled) or 5xx."""
+MAX_RETRY_AFTER_S = 10.0
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -149,6 +154,25 @@ def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
     return APIError(text, code=code, details=details)
 
 
+def _retry_pause(exc: Any, attempt: int) -> float | None:
+    """Seconds to wait before reading again after a 429 or 5xx (None: do not retry).
+
+    ``Retry-After`` (seconds) is honoured up to ``MAX_RETRY_AFTER_S``; without it the waits
+    grow 0.2, 0.4, 0.8 ... s. Only reads are retried: a write may have been applied.
+    """
+    status = int(getattr(exc, "status", 0) or 0)
+    if status != 429 and not 500 <= status <= 599:
+        return None
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        after = float(headers.get("Retry-After") or "")
+    except (TypeError, ValueError):
+        after = -1.0
+    if after >= 0:
+        return float(min(after, MAX_RETRY_AFTER_S))
+    return float(min(0.2 * 2 ** (attempt - 1), MAX_RETRY_AFTER_S))
+
+
 def _dig(obj: Mapping[str, Any], dotted: str) -> Any:
     """Return ``obj["a"]["b"]`` for ``"a.b"`` (label keys may hold dots: longest match wins)."""
     value: Any = obj
@@ -218,11 +242,20 @@ class KubeAPI:
     ) -> dict[str, Any]:
         api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
         http_error = import_kubernetes("urllib3.exceptions").HTTPError
-        try:
-            data = self._send(method, path, query, body, content_type)
-        except (api_exception, http_error, OSError) as exc:
-            raise wrap_api_exception(exc, what, self.server) from exc
-        return data if isinstance(data, dict) else {}
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                data = self._send(method, path, query, body, content_type)
+            except api_exception as exc:
+                pause = _retry_pause(exc, attempt) if method == "GET" else None
+                if pause is None or attempt == READ_ATTEMPTS:
+                    raise wrap_api_exception(exc, what, self.server) from exc
+                log.info("%s: %s from the API server; again in %.1f s", what, exc.status, pause)
+                time.sleep(pause)
+            except (http_error, OSError) as exc:
+                raise wrap_api_exception(exc, what, self.server) from exc
+            else:
+                return data if isinstance(data, dict) else {}
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(
         self,

@@ -76,6 +76,7 @@ from mlshift.kube._live import (
     history_to_annotation,
     latest_warning,
     pod_problem,
+    replica_failure,
     rollout_observed,
     rollout_progress,
     routes_to_traffic,
@@ -369,6 +370,9 @@ class KubernetesEngine:
                     return
                 rollout = self._rollout(ns, state.name, dep)
                 problem, fatal = pod_problem(rollout.pods)
+                failure = replica_failure(dep)  # quota, Pod Security: pods cannot be made
+                if failure and not fatal:
+                    problem, fatal = failure, True
                 stuck = deadline_exceeded(dep)
                 timed_out = time.monotonic() >= deadline
                 if fatal or stuck or timed_out:

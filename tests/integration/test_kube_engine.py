@@ -557,6 +557,9 @@ def test_rbac_role_grants_exactly_the_verbs_the_flows_use(kube_emulator: KubeEmu
     with pytest.raises(NotReadyError, match="FailedCreate"):
         _deploy(impatient, _spec("v1", image="registry.test/ml/forbidden@sha256:" + "6" * 64))
     _deploy(engine, _spec("v1"))
+    hasty = _target(kube_emulator, rollout_timeout=0.01).engine("churn")
+    with pytest.raises(NotReadyError, match="within"):  # no reason yet: the events are read
+        _deploy(hasty, _spec("v9"))
     with pytest.raises(NotReadyError):
         _deploy(engine, _spec("v2", image="registry.test/ml/broken@sha256:" + "5" * 64))
     state = _deploy(engine, _spec("v2"))
