@@ -83,6 +83,7 @@ from mlshift.kube._live import (
     same_routes,
     version_from_deployment,
 )
+from mlshift.kube._propagation import wait_propagated
 from mlshift.kube._writes import OWNED_KINDS, check_owned, write_subsets
 
 if TYPE_CHECKING:
@@ -114,6 +115,11 @@ class EngineSettings:
     """A bearer token for Prometheus (sent as ``Authorization: Bearer ...``)."""
     prometheus_headers: Mapping[str, str] | None = None
     """Extra HTTP headers for Prometheus (a tenant header, a proxy's auth)."""
+    settle_time: float = 3.0
+    """Seconds a routing change is given to reach the sidecars before a step that depends on
+    it, where istiod writes no ``Reconciled`` status (Istio converges in ~1 s, p90 1.5-4.5 s)."""
+    propagation_timeout: float = 60.0
+    """How long to wait for istiod's ``Reconciled`` condition where it writes one."""
 
 
 class KubernetesEngine:
@@ -314,12 +320,14 @@ class KubernetesEngine:
         for step in plan.steps:
             if step.kind == "DestinationRule" and step.action == "apply" and step.obj:
                 managed.update(str(x.get("name")) for x in step.obj["spec"]["subsets"])
-        for step in plan.steps:
+        for index, step in enumerate(plan.steps):
             log.info("%s/%s: %s", state.namespace, state.name, step.describe())
+            written: dict[str, Any] | None = None
             if step.action == "apply" and step.kind == "DestinationRule":
                 res = self._res(step.kind)
                 assert step.obj is not None, f"{step.describe()} has no object"
-                write_subsets(self.api, res, state.namespace, versioned(step.obj, res), managed)
+                obj = versioned(step.obj, res)
+                written = write_subsets(self.api, res, state.namespace, obj, managed)
             elif step.action == "apply":
                 self._apply(state.namespace, step)
             elif step.action == "wait-ready":
@@ -328,11 +336,25 @@ class KubernetesEngine:
                 obj = step.obj or {}
                 routes = list(obj.get("http") or ())
                 previous = obj.get("previous")
-                self._patch_routes(
+                written = self._patch_routes(
                     state, routes, plan.history, None if previous is None else list(previous)
                 )
             elif step.action == "delete":
                 self.api.delete(self._res(step.kind), state.namespace, step.name)
+            istio = step.kind in ISTIO_KINDS or step.action == "patch-routes"
+            if istio and step.action != "wait-ready" and index + 1 < len(plan.steps):
+                # A later step depends on this change: let it reach the sidecars first.
+                generation = dig(written, "metadata", "generation")
+                wait_propagated(
+                    self.api,
+                    self._res("VirtualService" if step.action == "patch-routes" else step.kind),
+                    state.namespace,
+                    state.name,
+                    None if step.action == "delete" else int(generation or 0),
+                    settle=self.settings.settle_time,
+                    timeout=self.settings.propagation_timeout,
+                    poll=self.settings.poll_interval,
+                )
         deleting = any(s.action == "delete" and s.kind == "VirtualService" for s in plan.steps)
         if deleting:
             # Deployments whose rollout failed never joined the endpoint's state: sweep them.
@@ -398,7 +420,7 @@ class KubernetesEngine:
         managed: list[dict[str, Any]],
         history: Sequence[TrafficState],
         previous: list[dict[str, Any]] | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         ns, name = state.namespace, state.name
         annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
         res = self._res("VirtualService")
@@ -414,10 +436,9 @@ class KubernetesEngine:
                 vs = versioned(render_virtual_service(state), res)
                 vs["spec"]["http"] = managed
                 vs["metadata"]["annotations"] = annotations
-                self.api.create(res, ns, vs)
-            else:
-                patch = _routes_patch(state, live, managed, annotations)
-                self.api.patch(res, ns, name, patch)
+                return self.api.create(res, ns, vs)
+            patch = _routes_patch(state, live, managed, annotations)
+            return self.api.patch(res, ns, name, patch)
         except APIConflictError as exc:
             raise ConflictError(
                 f"VirtualService {ns}/{name} changed while mlshift wrote its routes (409);"

@@ -20,6 +20,7 @@ argument                   environment variable                          default
 ``prometheus_headers``     (none)                                        none
 ``rollout_timeout``        ``MLSHIFT_ROLLOUT_TIMEOUT``                   ``"5m"``
 ``insecure_registry``      ``MLSHIFT_INSECURE_REGISTRY`` (``1``/``0``)   loopback only
+``settle_time``            ``MLSHIFT_SETTLE_TIME``                       ``"3s"``
 =========================  ============================================  =======================
 
 An argument given explicitly always wins over its environment variable.
@@ -50,6 +51,7 @@ log = logging.getLogger("mlshift.kube")
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus.istio-system:9090"
 DEFAULT_ROLLOUT_TIMEOUT = "5m"
+DEFAULT_SETTLE_TIME = "3s"
 
 
 def _flag(value: str | None) -> bool | None:
@@ -102,6 +104,10 @@ class Kubernetes:
             ``["istio-system/ingressgateway"]`` (default: the mesh only). Add ``"mesh"`` too
             to keep in-cluster callers routed.
         hosts: extra VirtualService hosts, e.g. the external host name of the gateway.
+        settle_time: how long a routing change is given to reach the sidecars before a step
+            that depends on it (``remove`` after ``promote``), where istiod writes no
+            ``Reconciled`` status (``PILOT_ENABLE_STATUS``); where it does, mlshift waits
+            for that instead. Default ``$MLSHIFT_SETTLE_TIME``, else ``"3s"``.
 
     Example:
         >>> import mlshift
@@ -132,6 +138,7 @@ class Kubernetes:
         service_account_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR,
         gateways: Sequence[str] = (),
         hosts: Sequence[str] = (),
+        settle_time: str | float | None = None,
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -159,6 +166,9 @@ class Kubernetes:
         self.service_account_dir = Path(service_account_dir)
         self.gateways = tuple(gateways)
         self.hosts = tuple(hosts)
+        if settle_time is None:
+            settle_time = env.get("MLSHIFT_SETTLE_TIME") or DEFAULT_SETTLE_TIME
+        self.settle_time = parse_duration(settle_time, what="settle_time")
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 
@@ -211,6 +221,7 @@ class Kubernetes:
             prometheus_url=self.prometheus_url,
             prometheus_token=self.prometheus_token,
             prometheus_headers=self.prometheus_headers,
+            settle_time=self.settle_time,
         )
         return KubernetesEngine(endpoint, self.api, settings)
 

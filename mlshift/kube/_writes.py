@@ -82,7 +82,7 @@ def write_subsets(
     namespace: str,
     obj: Mapping[str, Any],
     managed: Collection[str],
-) -> None:
+) -> dict[str, Any]:
     """Create the DestinationRule ``obj``, or set mlshift's subsets in the live one.
 
     ``managed`` names every subset mlshift owns in this change (the versions before and
@@ -95,8 +95,7 @@ def write_subsets(
             live = api.get(res, namespace, name)
         except APINotFoundError:
             try:
-                api.create(res, namespace, obj)
-                return
+                return api.create(res, namespace, obj)
             except APIConflictError:
                 continue  # created meanwhile by another writer: read it and merge
         spec = live.get("spec") or {}
@@ -108,8 +107,7 @@ def write_subsets(
         if spec.get("host") != (obj.get("spec") or {}).get("host"):
             patch["spec"]["host"] = (obj.get("spec") or {}).get("host")
         try:
-            api.patch(res, namespace, name, patch)
-            return
+            return api.patch(res, namespace, name, patch)
         except APIConflictError:
             log.info(
                 "DestinationRule %s/%s changed while writing its subsets; again", namespace, name

@@ -41,7 +41,12 @@ DEP = "apps/v1/deployments"
 
 
 def _target(emu: KubeEmulator, **kwargs: Any) -> Kubernetes:
-    options: dict[str, Any] = {"progress": False, "poll_interval": 0.02, "rollout_timeout": 10}
+    options: dict[str, Any] = {
+        "progress": False,
+        "poll_interval": 0.02,
+        "rollout_timeout": 10,
+        "settle_time": 0.02,
+    }
     options.update(kwargs)
     return Kubernetes(kubeconfig=str(emu.kubeconfig), registry="registry.test/ml", **options)
 
@@ -373,6 +378,7 @@ def _kwargs(emu: KubeEmulator) -> dict[str, Any]:
         "progress": False,
         "poll_interval": 0.02,
         "rollout_timeout": 10,
+        "settle_time": 0.02,
     }
 
 
