@@ -49,7 +49,6 @@ from mlshift._render import (
     MANAGED_BY,
     deployment_name,
     is_managed_route,
-    merge_routes,
     render_virtual_service,
 )
 from mlshift._state import (
@@ -84,7 +83,7 @@ from mlshift.kube._live import (
     version_from_deployment,
 )
 from mlshift.kube._propagation import wait_propagated
-from mlshift.kube._writes import OWNED_KINDS, check_owned, write_subsets
+from mlshift.kube._writes import OWNED_KINDS, check_owned, routes_patch, write_subsets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -437,33 +436,10 @@ class KubernetesEngine:
                 vs["spec"]["http"] = managed
                 vs["metadata"]["annotations"] = annotations
                 return self.api.create(res, ns, vs)
-            patch = _routes_patch(state, live, managed, annotations)
+            patch = routes_patch(state, live, managed, annotations)
             return self.api.patch(res, ns, name, patch)
         except APIConflictError as exc:
             raise ConflictError(
                 f"VirtualService {ns}/{name} changed while mlshift wrote its routes (409);"
                 " nothing was written. Re-read the endpoint and try again (the SDK's verbs do)"
             ) from exc
-
-
-def _routes_patch(
-    state: EndpointState,
-    live: Mapping[str, Any],
-    managed: list[dict[str, Any]],
-    annotations: Mapping[str, str],
-) -> dict[str, Any]:
-    """The merge patch for a live VirtualService: mlshift's routes swapped, the rest kept."""
-    spec = live.get("spec") or {}
-    patch_spec: dict[str, Any] = {"http": merge_routes(spec.get("http"), managed)}
-    wanted = [state.name, *state.hosts]
-    hosts = list(spec.get("hosts") or ())
-    if any(h not in hosts for h in wanted):
-        patch_spec["hosts"] = [*hosts, *(h for h in wanted if h not in hosts)]
-    gateways = list(spec.get("gateways") or ())
-    if state.gateways and any(g not in gateways for g in state.gateways):
-        patch_spec["gateways"] = [*gateways, *(g for g in state.gateways if g not in gateways)]
-    metadata: dict[str, Any] = {"annotations": dict(annotations)}
-    version = dig(live, "metadata", "resourceVersion")
-    if version:
-        metadata["resourceVersion"] = version
-    return {"metadata": metadata, "spec": patch_spec}

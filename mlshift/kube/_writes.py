@@ -20,10 +20,12 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from mlshift._exceptions import APIConflictError, APINotFoundError, ConflictError, DeployError
-from mlshift._render import MANAGED_BY
+from mlshift._render import MANAGED_BY, merge_routes
+from mlshift._state import EndpointState
 from mlshift.kube._api import KubeAPI, Resource
+from mlshift.kube._live import dig
 
-__all__ = ["OWNED_KINDS", "check_owned", "write_subsets"]
+__all__ = ["OWNED_KINDS", "check_owned", "routes_patch", "write_subsets"]
 
 log = logging.getLogger("mlshift.kube")
 
@@ -116,3 +118,26 @@ def write_subsets(
         f"DestinationRule {namespace}/{name} kept changing while mlshift wrote its subsets"
         f" ({SUBSET_ATTEMPTS} attempts); try again"
     )
+
+
+def routes_patch(
+    state: EndpointState,
+    live: Mapping[str, Any],
+    managed: list[dict[str, Any]],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    """The merge patch for a live VirtualService: mlshift's routes swapped, the rest kept."""
+    spec = live.get("spec") or {}
+    patch_spec: dict[str, Any] = {"http": merge_routes(spec.get("http"), managed)}
+    wanted = [state.name, *state.hosts]
+    hosts = list(spec.get("hosts") or ())
+    if any(h not in hosts for h in wanted):
+        patch_spec["hosts"] = [*hosts, *(h for h in wanted if h not in hosts)]
+    gateways = list(spec.get("gateways") or ())
+    if state.gateways and any(g not in gateways for g in state.gateways):
+        patch_spec["gateways"] = [*gateways, *(g for g in state.gateways if g not in gateways)]
+    metadata: dict[str, Any] = {"annotations": dict(annotations)}
+    version = dig(live, "metadata", "resourceVersion")
+    if version:
+        metadata["resourceVersion"] = version
+    return {"metadata": metadata, "spec": patch_spec}
