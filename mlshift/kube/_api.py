@@ -6,19 +6,22 @@ round-tripping them through the generated models, and Istio's resources have non
 
 Writes are ``POST`` (create) and ``PATCH`` with ``application/merge-patch+json``, never
 ``PUT``, each with ``fieldManager=mlshift`` so ``kubectl``/GitOps tools can see who owns what.
-Failures become ``APIError`` (``APINotFoundError`` for 404, ``APIConflictError`` for 409)
+Failures become ``APIError`` (``APINotFoundError`` for a 404 ``Status`` naming the object,
+never for the plain-text 404 of a path the server does not serve; ``APIConflictError`` for 409)
 carrying ``code``, ``message`` and ``details`` from the Kubernetes ``Status`` payload; an API
-server that cannot be reached is an ``APIError`` with code 0 naming its URL.
+server that cannot be reached is an ``APIError`` with code 0 naming its URL. Reads (GET and
+LIST) answered with 429 or 5xx are tried again with backoff, honouring ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from mlshift._exceptions import APIConflictError, APIError, APINotFoundError
 from mlshift.kube._config import import_kubernetes
@@ -45,6 +48,9 @@ __all__ = [
 log = logging.getLogger("mlshift.kube")
 
 FIELD_MANAGER = "mlshift"
+READ_ATTEMPTS = 5
+"""GET/LIST tries when the API server answers 429 (throttled) or 5xx."""
+MAX_RETRY_AFTER_S = 10.0
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -133,7 +139,16 @@ def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
     details = payload.get("details")
     text = f"{what} failed: {code} {reason}: {message}".replace(": :", ":")
     if code == 404:
-        return APINotFoundError(f"{text} (it does not exist)", code=code, details=details)
+        if payload.get("kind") == "Status" and reason == "NotFound":
+            return APINotFoundError(f"{text} (it does not exist)", code=code, details=details)
+        # A plain-text "404 page not found": the path itself is not served (an API group or
+        # version the cluster does not have), which says nothing about the object.
+        return APIError(
+            f"{what} failed: 404 {message.strip()}: the API server does not serve this API"
+            " group/version; is the CRD (e.g. Istio's) installed?",
+            code=code,
+            details=details,
+        )
     if code == 409:
         return APIConflictError(
             f"{text} (it changed since it was read; read it again and retry)",
@@ -150,6 +165,25 @@ def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
     else:
         text += "; see the message above, fix the object or the cluster, and try again"
     return APIError(text, code=code, details=details)
+
+
+def _retry_pause(exc: Any, attempt: int) -> float | None:
+    """Seconds to wait before reading again after a 429 or 5xx (None: do not retry).
+
+    ``Retry-After`` (seconds) is honoured up to ``MAX_RETRY_AFTER_S``; without it the waits
+    grow 0.2, 0.4, 0.8 ... s. Only reads are retried: a write may have been applied.
+    """
+    status = int(getattr(exc, "status", 0) or 0)
+    if status != 429 and not 500 <= status <= 599:
+        return None
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        after = float(headers.get("Retry-After") or "")
+    except (TypeError, ValueError):
+        after = -1.0
+    if after >= 0:
+        return float(min(after, MAX_RETRY_AFTER_S))
+    return float(min(0.2 * 2 ** (attempt - 1), MAX_RETRY_AFTER_S))
 
 
 def _dig(obj: Mapping[str, Any], dotted: str) -> Any:
@@ -190,6 +224,7 @@ class KubeAPI:
     ) -> None:
         self._factory = client_factory
         self._client: Any = None
+        self._served: dict[str, tuple[str, ...]] = {}
         self.server = server
         self.request_timeout = request_timeout
 
@@ -220,25 +255,88 @@ class KubeAPI:
     ) -> dict[str, Any]:
         api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
         http_error = import_kubernetes("urllib3.exceptions").HTTPError
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                data = self._send(method, path, query, body, content_type)
+            except api_exception as exc:
+                pause = _retry_pause(exc, attempt) if method == "GET" else None
+                if pause is None or attempt == READ_ATTEMPTS:
+                    raise wrap_api_exception(exc, what, self.server) from exc
+                log.info("%s: %s from the API server; again in %.1f s", what, exc.status, pause)
+                time.sleep(pause)
+            except (http_error, OSError) as exc:
+                raise wrap_api_exception(exc, what, self.server) from exc
+            else:
+                return data if isinstance(data, dict) else {}
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        body: object,
+        content_type: str,
+    ) -> Any:
+        """One request through the client's REST layer, the same on every supported client.
+
+        ``ApiClient.param_serialize``/``response_deserialize`` exist only in newer clients
+        and ``call_api``/``update_params_for_auth`` changed their signatures with them, so
+        this uses what all of them share: ``configuration.host`` and ``auth_settings()``,
+        ``default_headers`` and ``rest_client.request``. Older clients read the
+        body and raise ``ApiException`` themselves; newer ones return the response unread.
+        """
+        api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
         client = self.client
-        headers = {"Accept": "application/json"}
+        headers: dict[str, str] = {"Accept": "application/json", **client.default_headers}
+        if client.cookie:
+            headers["Cookie"] = client.cookie
         if body is not None:
             headers["Content-Type"] = content_type
-        try:
-            params = client.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
+        params = list((query or {}).items())
+        # The bearer token (refreshed by the kubeconfig's exec/auth-provider hook when set);
+        # client certificates live in the REST client's TLS settings.
+        for setting in (client.configuration.auth_settings() or {}).values():
+            if setting.get("value") and setting.get("in") == "header":
+                headers[str(setting["key"])] = str(setting["value"])
+        url = client.configuration.host + path + (f"?{urlencode(params)}" if params else "")
+        response = client.rest_client.request(
+            method,
+            url,
+            headers=headers,
+            body=body,
+            _request_timeout=(self.request_timeout, self.request_timeout),
+        )
+        if callable(getattr(response, "read", None)):
+            response.read()  # newer clients leave the body unread
+        if not 200 <= int(response.status) <= 299:
+            raise api_exception(http_resp=response)
+        text = response.data
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        return json.loads(text) if text else {}
+
+    def served_versions(self, group: str) -> tuple[str, ...]:
+        """The versions of API ``group`` the server serves (``()`` if none); asked once.
+
+        Example:
+            >>> api.served_versions("networking.istio.io")  # doctest: +SKIP
+            ('v1', 'v1beta1', 'v1alpha3')
+        """
+        if group not in self._served:
+            try:
+                data = self._call("GET", f"/apis/{quote(group, safe='')}", f"discover {group}")
+            except APINotFoundError:
+                data = {}
+            except APIError as exc:
+                if exc.code != 404:
+                    raise
+                data = {}  # the plain-text 404 of a group the cluster does not have
+            versions = data.get("versions") or ()
+            self._served[group] = tuple(
+                str(v["version"]) for v in versions if isinstance(v, dict) and v.get("version")
             )
-            response = client.call_api(*params, _request_timeout=self.request_timeout)
-            response.read()
-            data = client.response_deserialize(response, {"2XX": "object"}).data
-        except (api_exception, http_error, OSError) as exc:
-            raise wrap_api_exception(exc, what, self.server) from exc
-        return data if isinstance(data, dict) else {}
+        return self._served[group]
 
     def get_path(self, path: str, what: str) -> dict[str, Any]:
         """GET any API path (discovery, a cluster-scoped object); errors as for ``get``."""

@@ -5,6 +5,11 @@ its rollout, then the DestinationRule subset, then the VirtualService routes; re
 the other way. Three rules keep other people's work and live traffic safe:
 
 - Objects are created with ``POST`` and, when they exist, merge-patched; never ``PUT``.
+  An existing Deployment or Service without mlshift's managed-by label is someone else's:
+  refused before any write (``_writes``). DestinationRule subsets are read, modified
+  (mlshift's only; others' kept) and written with the resourceVersion read, again on 409.
+  Istio's objects use the networking version the cluster serves (``_discovery``); a
+  cluster without Istio is a ``ConfigError`` before the first write.
 - Routes are changed by reading the VirtualService, swapping only mlshift's routes
   (``merge_routes``) and writing a merge patch carrying the ``resourceVersion`` that was
   read, so a concurrent change makes the API server answer 409. A change computed from
@@ -36,16 +41,17 @@ from mlshift._engine import Capability, VersionStatus
 from mlshift._exceptions import (
     APIConflictError,
     APINotFoundError,
+    ConfigError,
     ConflictError,
     NotReadyError,
     UnsupportedError,
 )
+from mlshift._names import check_name
 from mlshift._render import (
     MANAGED_BY,
     deployment_name,
-    merge_routes,
+    is_managed_route,
     render_virtual_service,
-    vs_gateways,
 )
 from mlshift._state import (
     EndpointState,
@@ -54,14 +60,13 @@ from mlshift._state import (
 )
 from mlshift.kube._api import (
     DEPLOYMENTS,
-    DESTINATION_RULES,
     EVENTS,
     PODS,
     REPLICA_SETS,
-    RESOURCES,
-    VIRTUAL_SERVICES,
     KubeAPI,
+    Resource,
 )
+from mlshift.kube._discovery import ISTIO_KINDS, istio_version, resource, versioned
 from mlshift.kube._gateway import load_gateway, patch_rules
 from mlshift.kube._live import (
     HISTORY_ANNOTATION,
@@ -73,6 +78,7 @@ from mlshift.kube._live import (
     history_to_annotation,
     latest_warning,
     pod_problem,
+    replica_failure,
     rollout_observed,
     rollout_progress,
     routes_to_traffic,
@@ -80,6 +86,8 @@ from mlshift.kube._live import (
     version_from_deployment,
 )
 from mlshift.kube._mesh import host_conflicts, mesh_warning
+from mlshift.kube._propagation import wait_propagated
+from mlshift.kube._writes import OWNED_KINDS, check_owned, routes_patch, write_subsets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,6 +124,11 @@ class EngineSettings:
     """Whether the namespace is in Istio's ambient mode (metrics then come from the waypoint)."""
     scrape_interval: float = 15.0
     """Seconds between Prometheus's scrapes of the pods; sizes the ``rate()`` windows."""
+    settle_time: float = 3.0
+    """Seconds a routing change is given to reach the sidecars before a step that depends on
+    it, where istiod writes no ``Reconciled`` status (Istio converges in ~1 s, p90 1.5-4.5 s)."""
+    propagation_timeout: float = 60.0
+    """How long to wait for istiod's ``Reconciled`` condition where it writes one."""
 
 
 class KubernetesEngine:
@@ -130,7 +143,9 @@ class KubernetesEngine:
     capabilities: frozenset[Capability] = frozenset()
 
     def __init__(self, endpoint: str, api: KubeAPI, settings: EngineSettings) -> None:
-        self.endpoint = endpoint
+        # The endpoint names a Service: a DNS-1035 label, checked before any call (the API
+        # server would refuse "9churn" only at the Service, after the Deployment rolled out).
+        self.endpoint = check_name(endpoint, kind="endpoint name")
         self.api = api
         self.settings = settings
         self._warned: set[str] = set()
@@ -139,6 +154,10 @@ class KubernetesEngine:
         return f"<KubernetesEngine {self.settings.namespace}/{self.endpoint}>"
 
     # -- reading -----------------------------------------------------------------------------
+
+    def _res(self, kind: str) -> Resource:
+        """The resource of ``kind`` (Istio's at the version the cluster serves)."""
+        return resource(self.api, kind)
 
     def _get_or_none(self, res: Any, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -153,8 +172,9 @@ class KubernetesEngine:
     def load(self, name: str) -> tuple[EndpointState, tuple[TrafficState, ...]] | None:
         """Rebuild the endpoint's state and traffic history from the live objects.
 
-        A version counts once its DestinationRule subset exists (a Deployment whose rollout
-        failed is not part of the endpoint yet, so deploying it again retries the rollout).
+        A version counts once its DestinationRule subset exists and a managed route names it
+        (a Deployment whose rollout failed is not part of the endpoint yet, so deploying it
+        again retries the rollout; other subsets are someone else's).
         A subset whose Deployment was deleted by hand stays, as a version with no image:
         ``status()`` says so, and its traffic can be shifted away and the version removed
         (or deployed again).
@@ -163,13 +183,36 @@ class KubernetesEngine:
         deployments = self._deployments(ns, name)
         if self.settings.routing == "gateway-api":
             return load_gateway(self.api, ns, name, deployments)
-        dr = self._get_or_none(DESTINATION_RULES, ns, name)
+        try:
+            dr_resource = self._res("DestinationRule")
+        except ConfigError:
+            # No Istio CRDs: under "auto" the endpoint may still be routed by an HTTPRoute.
+            if self.settings.routing == "auto":
+                return load_gateway(self.api, ns, name, deployments)
+            raise
+        dr = self._get_or_none(dr_resource, ns, name)
         if dr is None and self.settings.routing == "auto":
             found = load_gateway(self.api, ns, name, deployments)
             if found is not None:
                 return found
-        vs = self._get_or_none(VIRTUAL_SERVICES, ns, name)
-        subsets = [str(s.get("name")) for s in dig(dr, "spec", "subsets") or ()]
+        vs = self._get_or_none(self._res("VirtualService"), ns, name)
+        # mlshift's subsets select ``version=<name>`` and nothing else; others are not versions.
+        subsets = [
+            str(s.get("name"))
+            for s in dig(dr, "spec", "subsets") or ()
+            if s.get("labels") == {"version": s.get("name")}
+        ]
+        if vs is not None:
+            # A subset no managed route names is a change half-done (a deploy that lost its
+            # route write to another notebook, a removal whose subset write failed): not a
+            # version yet, or no more. Planning from it would expect routes that are not live.
+            routed = {
+                str(dig(d, "destination", "subset") or "")
+                for r in dig(vs, "spec", "http") or ()
+                if is_managed_route(r)
+                for d in r.get("route") or ()
+            }
+            subsets = [v for v in subsets if v in routed]
         versions = tuple(
             version_from_deployment(deployments[v]) if v in deployments else VersionSpec(v)
             for v in subsets
@@ -248,7 +291,7 @@ class KubernetesEngine:
         # can be shadowed by another VirtualService claiming the host.
         conflicts = (
             host_conflicts(
-                self.api.list_objects(VIRTUAL_SERVICES, state.namespace),
+                self.api.list_objects(self._res("VirtualService"), state.namespace),
                 name=state.name,
                 namespace=state.namespace,
                 hosts=[state.name, *state.hosts],
@@ -343,9 +386,30 @@ class KubernetesEngine:
     def execute(self, plan: Plan) -> None:
         """Run the plan's steps in order; see the module docstring for the rules."""
         state = plan.state
+        if any(
+            s.kind in ISTIO_KINDS or (s.action == "patch-routes" and s.kind != "HTTPRoute")
+            for s in plan.steps
+        ):
+            istio_version(self.api)  # no Istio: ConfigError before anything is applied
         for step in plan.steps:
+            if step.kind in OWNED_KINDS and step.action in ("apply", "delete"):
+                # Someone else's churn Service or churn-v1 Deployment: refuse before writing.
+                check_owned(self.api, self._res(step.kind), state.namespace, step.name)
+        # The subsets this change may touch: the versions before and after it. Any other
+        # subset in the DestinationRule is someone else's and stays.
+        managed = {*state.version_names, *(s.version for s in plan.steps if s.version)}
+        for step in plan.steps:
+            if step.kind == "DestinationRule" and step.action == "apply" and step.obj:
+                managed.update(str(x.get("name")) for x in step.obj["spec"]["subsets"])
+        for index, step in enumerate(plan.steps):
             log.info("%s/%s: %s", state.namespace, state.name, step.describe())
-            if step.action == "apply":
+            written: dict[str, Any] | None = None
+            if step.action == "apply" and step.kind == "DestinationRule":
+                res = self._res(step.kind)
+                assert step.obj is not None, f"{step.describe()} has no object"
+                obj = versioned(step.obj, res)
+                written = write_subsets(self.api, res, state.namespace, obj, managed)
+            elif step.action == "apply":
                 self._apply(state.namespace, step)
             elif step.action == "wait-ready":
                 self._wait_ready(state, step.name, step.version or "")
@@ -358,11 +422,25 @@ class KubernetesEngine:
                     past = None if previous is None else list(previous)
                     patch_rules(self.api, state, rules, plan.history, past)
                     continue
-                self._patch_routes(
+                written = self._patch_routes(
                     state, routes, plan.history, None if previous is None else list(previous)
                 )
             elif step.action == "delete":
-                self.api.delete(RESOURCES[step.kind], state.namespace, step.name)
+                self.api.delete(self._res(step.kind), state.namespace, step.name)
+            istio = step.kind in ISTIO_KINDS or step.action == "patch-routes"
+            if istio and step.action != "wait-ready" and index + 1 < len(plan.steps):
+                # A later step depends on this change: let it reach the sidecars first.
+                generation = dig(written, "metadata", "generation")
+                wait_propagated(
+                    self.api,
+                    self._res("VirtualService" if step.action == "patch-routes" else step.kind),
+                    state.namespace,
+                    state.name,
+                    None if step.action == "delete" else int(generation or 0),
+                    settle=self.settings.settle_time,
+                    timeout=self.settings.propagation_timeout,
+                    poll=self.settings.poll_interval,
+                )
         deleting = any(
             s.action == "delete" and s.kind in ("VirtualService", "HTTPRoute") for s in plan.steps
         )
@@ -373,13 +451,16 @@ class KubernetesEngine:
 
     def _apply(self, namespace: str, step: Step) -> None:
         assert step.obj is not None, f"{step.describe()} has no object"
-        res = RESOURCES[step.kind]
+        res = self._res(step.kind)
+        obj = versioned(step.obj, res)
         try:
-            self.api.create(res, namespace, step.obj)
+            self.api.create(res, namespace, obj)
         except APIConflictError:
             # It exists: merge-patch it to the rendered form (PUT would need its
-            # resourceVersion and would drop fields other tools set).
-            self.api.patch(res, namespace, step.name, step.obj)
+            # resourceVersion and would drop fields other tools set), if it is mlshift's.
+            if step.kind in OWNED_KINDS:
+                check_owned(self.api, res, namespace, step.name)
+            self.api.patch(res, namespace, step.name, obj)
 
     def _wait_ready(self, state: EndpointState, name: str, version: str) -> None:
         from tqdm.auto import tqdm
@@ -399,6 +480,9 @@ class KubernetesEngine:
                     return
                 rollout = self._rollout(ns, state.name, dep)
                 problem, fatal = pod_problem(rollout.pods)
+                failure = replica_failure(dep)  # quota, Pod Security: pods cannot be made
+                if failure and not fatal:
+                    problem, fatal = failure, True
                 stuck = deadline_exceeded(dep)
                 timed_out = time.monotonic() >= deadline
                 if fatal or stuck or timed_out:
@@ -424,10 +508,11 @@ class KubernetesEngine:
         managed: list[dict[str, Any]],
         history: Sequence[TrafficState],
         previous: list[dict[str, Any]] | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         ns, name = state.namespace, state.name
         annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
-        live = self._get_or_none(VIRTUAL_SERVICES, ns, name)
+        res = self._res("VirtualService")
+        live = self._get_or_none(res, ns, name)
         if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
             raise ConflictError(
                 f"the routes of VirtualService {ns}/{name} changed since they were read:"
@@ -436,39 +521,14 @@ class KubernetesEngine:
             )
         try:
             if live is None:
-                vs = render_virtual_service(state)
+                vs = versioned(render_virtual_service(state), res)
                 vs["spec"]["http"] = managed
                 vs["metadata"]["annotations"] = annotations
-                self.api.create(VIRTUAL_SERVICES, ns, vs)
-            else:
-                patch = _routes_patch(state, live, managed, annotations)
-                self.api.patch(VIRTUAL_SERVICES, ns, name, patch)
+                return self.api.create(res, ns, vs)
+            patch = routes_patch(state, live, managed, annotations)
+            return self.api.patch(res, ns, name, patch)
         except APIConflictError as exc:
             raise ConflictError(
                 f"VirtualService {ns}/{name} changed while mlshift wrote its routes (409);"
                 " nothing was written. Re-read the endpoint and try again (the SDK's verbs do)"
             ) from exc
-
-
-def _routes_patch(
-    state: EndpointState,
-    live: Mapping[str, Any],
-    managed: list[dict[str, Any]],
-    annotations: Mapping[str, str],
-) -> dict[str, Any]:
-    """The merge patch for a live VirtualService: mlshift's routes swapped, the rest kept."""
-    spec = live.get("spec") or {}
-    patch_spec: dict[str, Any] = {"http": merge_routes(spec.get("http"), managed)}
-    wanted = [state.name, *state.hosts]
-    hosts = list(spec.get("hosts") or ())
-    if any(h not in hosts for h in wanted):
-        patch_spec["hosts"] = [*hosts, *(h for h in wanted if h not in hosts)]
-    gateways = list(spec.get("gateways") or ())
-    wanted_gateways = vs_gateways(state.gateways)  # with "mesh" (issue 13, defect 6)
-    if any(g not in gateways for g in wanted_gateways):
-        patch_spec["gateways"] = [*gateways, *(g for g in wanted_gateways if g not in gateways)]
-    metadata: dict[str, Any] = {"annotations": dict(annotations)}
-    version = dig(live, "metadata", "resourceVersion")
-    if version:
-        metadata["resourceVersion"] = version
-    return {"metadata": metadata, "spec": patch_spec}

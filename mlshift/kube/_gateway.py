@@ -245,6 +245,8 @@ def load_gateway(
     A version counts once its Service exists (its rollout was ready); its order is the
     order of the HTTPRoute's version rules.
     """
+    if HTTP_ROUTES.version not in api.served_versions(HTTP_ROUTES.group):
+        return None  # no Gateway API CRDs: no HTTPRoute can route it
     try:
         route = api.get(HTTP_ROUTES, namespace, name)
     except APINotFoundError:

@@ -46,6 +46,7 @@ __all__ = [
     "history_to_annotation",
     "latest_warning",
     "pod_problem",
+    "replica_failure",
     "rollout_observed",
     "rollout_progress",
     "routes_to_traffic",
@@ -62,9 +63,11 @@ SHA_ANNOTATION = "mlshift.io/model-sha256"
 # Annotations share 256 KiB per object; the history keeps the newest entries within 32 KiB.
 HISTORY_MAX_CHARS = 32_000
 # Pod states that will not cure themselves within a rollout: report them at once.
+# A first ErrImagePull right after a push is often transient (the registry is still settling,
+# a node's first pull times out): fatal only when its message says the image is not there or
+# may not be pulled (PULL_FATAL), or once the kubelet backs off (ImagePullBackOff).
 FATAL_REASONS = frozenset(
     {
-        "ErrImagePull",
         "ImagePullBackOff",
         "InvalidImageName",
         "ErrImageNeverPull",
@@ -73,6 +76,19 @@ FATAL_REASONS = frozenset(
         "CreateContainerError",
         "RunContainerError",
     }
+)
+
+
+PULL_FATAL = (
+    "unauthorized",
+    "authentication required",
+    "401",
+    "403",
+    "forbidden",
+    "denied",
+    "not found",
+    "manifest unknown",
+    "name unknown",
 )
 
 
@@ -124,6 +140,25 @@ def rollout_observed(dep: Mapping[str, Any]) -> bool:
         return True
     observed = dig(dep, "status", "observedGeneration")
     return observed is not None and int(observed) >= int(generation)
+
+
+def replica_failure(dep: Mapping[str, Any]) -> str:
+    """The Deployment's ``ReplicaFailure`` reason ("" if none or stale): pods cannot be made.
+
+    A quota or a Pod Security rejection does not cure itself; fail at once, not at the
+    progress deadline.
+
+    Example:
+        >>> replica_failure({"status": {"conditions": [{"type": "ReplicaFailure",
+        ...     "status": "True", "reason": "FailedCreate", "message": "exceeded quota"}]}})
+        'FailedCreate: exceeded quota'
+    """
+    if not rollout_observed(dep):
+        return ""
+    for cond in dig(dep, "status", "conditions") or ():
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return f"{cond.get('reason') or 'ReplicaFailure'}: {cond.get('message') or ''}".strip()
+    return ""
 
 
 def deadline_exceeded(dep: Mapping[str, Any]) -> str:
@@ -257,8 +292,12 @@ def pod_problem(pods: Iterable[Mapping[str, Any]]) -> tuple[str, bool]:
         for cs in statuses:
             waiting = dig(cs, "state", "waiting") or {}
             reason = str(waiting.get("reason") or "")
+            message = str(waiting.get("message") or "").strip()
+            if reason == "ErrImagePull" and any(m in message.lower() for m in PULL_FATAL):
+                return f"{reason}: {message} (pod {name})", True
+            if reason == "ErrImagePull" and not slow:
+                slow = f"{reason}: {message} (pod {name})"
             if reason in FATAL_REASONS:
-                message = str(waiting.get("message") or "").strip()
                 return f"{reason}: {message} (pod {name})".replace(":  (", " ("), True
             terminated = dig(cs, "lastState", "terminated") or {}
             if terminated and not slow:

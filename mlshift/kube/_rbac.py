@@ -12,8 +12,8 @@ deployments (apps)       get list create patch      one per version; poll its ro
 replicasets (apps)       list                       which pods belong to the newest rollout
 pods, events             list                       say why a version is not ready
 pods/proxy               get                        read each replica's request journal (ep.compare)
-services                 create patch delete        the endpoint's Service (Gateway API: and
-                         (Gateway API: + list)      one per version, listed to find versions)
+services                 get create patch delete    the endpoint's Service, if mlshift's (Gateway
+                         (Gateway API: + list)      API: and one per version, listed to find them)
 destinationrules         get create patch delete    one subset per version (Istio only)
 virtualservices          get list create patch      the weights, never ``update`` (PUT); list:
                          delete                     another one claiming the endpoint's host
@@ -80,7 +80,11 @@ _GATEWAY = {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproute
 RULES: dict[str, list[dict[str, Any]]] = {
     "istio": [
         *_COMMON,
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["get", "create", "patch", "delete"],
+        },
         *_ISTIO_RULES,
     ],
     "gateway-api": [
@@ -88,7 +92,7 @@ RULES: dict[str, list[dict[str, Any]]] = {
         {
             "apiGroups": [""],
             "resources": ["services"],
-            "verbs": ["list", "create", "patch", "delete"],
+            "verbs": ["get", "list", "create", "patch", "delete"],
         },
         {**_GATEWAY, "verbs": _ROUTE_VERBS},
     ],

@@ -21,6 +21,7 @@ argument                   environment variable                          default
 ``rollout_timeout``        ``MLSHIFT_ROLLOUT_TIMEOUT``                   ``"5m"``
 ``scrape_interval``        ``MLSHIFT_SCRAPE_INTERVAL``                   ``"15s"``
 ``insecure_registry``      ``MLSHIFT_INSECURE_REGISTRY`` (``1``/``0``)   loopback only
+``settle_time``            ``MLSHIFT_SETTLE_TIME``                       ``"3s"``
 =========================  ============================================  =======================
 
 An argument given explicitly always wins over its environment variable.
@@ -54,6 +55,7 @@ log = logging.getLogger("mlshift.kube")
 DEFAULT_PROMETHEUS_URL = "http://prometheus.istio-system:9090"
 DEFAULT_ROLLOUT_TIMEOUT = "5m"
 DEFAULT_SCRAPE_INTERVAL = "15s"  # Istio's Prometheus addon; kube-prometheus-stack: 30s
+DEFAULT_SETTLE_TIME = "3s"
 
 
 def _flag(value: str | None) -> bool | None:
@@ -122,6 +124,10 @@ class Kubernetes:
         pod_monitor: also write a Prometheus Operator ``PodMonitor`` per version (the
             Operator ignores ``prometheus.io/*`` annotations), scraping at
             ``scrape_interval``.
+        settle_time: how long a routing change is given to reach the sidecars before a step
+            that depends on it (``remove`` after ``promote``), where istiod writes no
+            ``Reconciled`` status (``PILOT_ENABLE_STATUS``); where it does, mlshift waits
+            for that instead. Default ``$MLSHIFT_SETTLE_TIME``, else ``"3s"``.
 
     Example:
         >>> import mlshift
@@ -163,6 +169,7 @@ class Kubernetes:
         sidecar: bool = True,
         scrape_interval: str | float | None = None,
         pod_monitor: bool = False,
+        settle_time: str | float | None = None,
     ) -> None:
         env = os.environ
         self._namespace = namespace or env.get("MLSHIFT_NAMESPACE") or None
@@ -216,6 +223,9 @@ class Kubernetes:
             # Only a PodMonitor carries it; otherwise the engine sizes windows from it.
             scrape_interval_s=self.scrape_interval if pod_monitor else PodOptions.scrape_interval_s,
         )
+        if settle_time is None:
+            settle_time = env.get("MLSHIFT_SETTLE_TIME") or DEFAULT_SETTLE_TIME
+        self.settle_time = parse_duration(settle_time, what="settle_time")
         self._cluster: ClusterConfig | None = None
         self._api: KubeAPI | None = None
 
@@ -313,6 +323,7 @@ class Kubernetes:
             routing=self.routing,
             ambient=lambda: self._ambient(endpoint),
             scrape_interval=self.scrape_interval,
+            settle_time=self.settle_time,
         )
         return KubernetesEngine(endpoint, self.api, settings)
 

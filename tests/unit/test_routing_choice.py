@@ -91,10 +91,8 @@ def test_the_role_grants_what_the_routing_needs() -> None:
     assert ("gateway.networking.k8s.io", "httproutes", "patch") in gateway
     assert ("", "services", "list") in gateway
     assert istio | gateway <= auto
-    assert auto - (istio | gateway) == {
-        ("", "services", "get"),
-        ("gateway.networking.k8s.io", "httproutes", "list"),
-    }
+    assert ("", "services", "get") in istio & gateway  # is it mlshift's Service to update?
+    assert auto - (istio | gateway) == {("gateway.networking.k8s.io", "httproutes", "list")}
 
 
 def test_ambient_metrics_come_from_the_waypoint_and_the_version_services() -> None:
