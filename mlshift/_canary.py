@@ -213,6 +213,30 @@ def _latencies(
     return out
 
 
+def _extras(
+    ep: EndpointView, gates: Sequence[Gate], canary: str, stable: str, since: float
+) -> dict[str, Any]:
+    """What the gates ``need`` beyond metrics and latencies: prediction counts, paired
+    answers. Read only when a gate asks; what the target cannot give goes to
+    ``unavailable`` with the reason, and those gates say inconclusive."""
+    needs = {need for gate in gates for need in getattr(gate, "needs", ())}
+    extras: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    if "predictions" in needs:
+        try:
+            extras["predictions"] = ep.predictions(since=since, stable=stable)
+        except MlshiftError as exc:
+            unavailable["predictions"] = str(exc)
+    if "comparison" in needs:
+        try:
+            extras["comparison"] = ep.compare(stable, canary, since=since)
+        except MlshiftError as exc:
+            unavailable["comparison"] = str(exc)
+    if unavailable:
+        extras["unavailable"] = unavailable
+    return extras
+
+
 def run_canary(
     ep: EndpointView,
     version: str,
@@ -266,6 +290,7 @@ def run_canary(
                     alpha=alpha,
                     level=look_alpha(alpha, look),
                     look=look,
+                    **_extras(ep, gates, version, stable, since),
                 )
                 overall, verdicts = judge(look_at, gates)
                 _record(run, weight, look, overall, verdicts)

@@ -3,7 +3,10 @@
 A gate has one method, ``check(interval) -> Verdict``; anything with that method is a gate
 (``Gate`` is a Protocol), so users can write their own. ``Interval`` carries what the run saw
 since the current step began: the metrics frame rows of every version, the weights, and,
-where the target records them, each version's per-request latencies.
+where the target records them, each version's per-request latencies. A gate that needs more
+says so in ``needs`` (``("predictions",)``, ``("comparison",)``): the run then also reads
+the prediction counters (``Interval.predictions``) or pairs both versions' answers to
+mirrored requests (``Interval.comparison``), and only then.
 
 Statistical gates compare the canary with the stable version over the same interval and
 report a p-value; they fail at ``interval.level``, the share of the run's ``alpha`` this look
@@ -40,6 +43,8 @@ from mlshift._stats_tests import (
 if TYPE_CHECKING:
     import numpy.typing as npt
     import pandas as pd
+
+    from mlshift._compare import Comparison
 
 __all__ = [
     "ErrorRate",
@@ -102,6 +107,14 @@ class Interval:
     level: float = 0.025
     """What this look may spend of it (``look_alpha(alpha, look)``)."""
     look: int = 1
+    predictions: pd.DataFrame | None = None
+    """``ep.predictions`` over the interval, ``divergence`` against ``stable``; read when a
+    gate ``needs`` ``"predictions"``."""
+    comparison: Comparison | None = None
+    """``ep.compare(stable, canary)`` over the interval (pairs of mirrored requests); read
+    when a gate ``needs`` ``"comparison"``."""
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    """What could not be read for this look (``"predictions"``, ``"comparison"``) and why."""
 
     def rows(self, version: str) -> pd.DataFrame:
         """The frame rows of ``version``."""

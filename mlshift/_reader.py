@@ -275,10 +275,11 @@ class EndpointReader:
             return empty_frame()
         return self.engine.metrics(state, since=seconds, step=resolution)
 
-    def predictions(self, since: str | float = "15m") -> pd.DataFrame:
+    def predictions(self, since: str | float = "15m", *, stable: str | None = None) -> pd.DataFrame:
         """What each version predicts: class shares (or quantiles) and divergence from stable.
 
-        ``divergence`` compares each version with the one carrying the most traffic: total
+        ``divergence`` compares each version with ``stable`` (by default the one carrying the
+        most traffic): total
         variation distance for classifiers, PSI for regressors. Counts cover the last
         ``since``: locally from samples of the servers' own ``/metrics``, on Kubernetes from
         Prometheus (series labelled with the pod's ``namespace``, as Istio's Prometheus
@@ -295,7 +296,8 @@ class EndpointReader:
             return predictions_frame([])
         stats = self.engine.predictions(state, since=seconds)
         weights = state.traffic.weights
-        stable = max(weights, key=lambda v: weights[v]) if weights else None
+        if stable is None and weights:
+            stable = max(weights, key=lambda v: weights[v])
         return predictions_frame(stats, stable=stable)
 
     def journal(self, version: str, since: str | float = "10m") -> pd.DataFrame:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlshift._compare import Comparison
     from mlshift._display import Version
     from mlshift._engine import Target
 
@@ -75,8 +76,12 @@ class EndpointView(Protocol):
         """Per-version request rate, errors and latency (the metrics frame)."""
         ...
 
-    def predictions(self, since: str | float = "15m") -> pd.DataFrame:
-        """What each version predicts, and how far it diverges from the stable version."""
+    def predictions(self, since: str | float = "15m", *, stable: str | None = None) -> pd.DataFrame:
+        """What each version predicts, and how far it diverges from ``stable``."""
+        ...
+
+    def compare(self, a: str, b: str, since: str | float = "10m") -> Comparison:
+        """Pair two versions' answers to the same requests (shadow traffic)."""
         ...
 
     def journal(self, version: str, since: str | float = "10m") -> pd.DataFrame:

@@ -7,7 +7,9 @@ Example:
 
 Write your own: any object with a ``name`` and ``check(interval) -> Verdict`` is a gate (see
 ``Gate``); ``interval.totals(version)``, ``interval.quantile(version)``, ``interval.frame``
-and ``interval.latencies`` hold what the current step has seen.
+and ``interval.latencies`` hold what the current step has seen. Prediction gates:
+``PredictionDrift`` (the canary's predictions against stable's) and ``Agreement`` (paired
+answers to mirrored requests, with ``ep.shadow``).
 """
 
 from mlshift._gates import (
@@ -24,14 +26,17 @@ from mlshift._gates import (
     default_gates,
     judge,
 )
+from mlshift._prediction_gates import Agreement, PredictionDrift
 
 __all__ = [
+    "Agreement",
     "ErrorRate",
     "Gate",
     "Interval",
     "Latency",
     "MaxErrorRate",
     "MaxLatency",
+    "PredictionDrift",
     "SampleRatio",
     "Status",
     "Verdict",
