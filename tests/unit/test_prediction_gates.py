@@ -218,3 +218,24 @@ def test_a_run_feeds_agreement_from_the_journals(models: list[Any]) -> None:
     result = _run(ep, [gates.Agreement(0.95)])
     assert result.outcome.startswith("rolled back to v1: agreement: agreement 90.0%")
     assert result.checks[0]["agreement.pairs"] == 1000
+
+
+def test_drift_is_against_the_runs_stable_even_when_the_canary_carries_more(
+    models: list[Any],
+) -> None:
+    stats = [PredictionStats("v1", {"yes": 4000, "no": 6000}), PredictionStats("v2", {"yes": 900})]
+    ep = _ep(models, stats)
+    ep.shift("v2", 60)
+    assert ep.predictions(since=60).attrs["stable"] == "v2"  # the default: most traffic
+    assert ep.predictions(since=60, stable="v1").attrs["stable"] == "v1"
+    ep.shift("v2", 0)
+    result = run_canary(
+        ep,
+        "v2",
+        steps=(60, 100),
+        interval=1,
+        gates=[gates.PredictionDrift(0.1)],
+        sleep=lambda _: False,
+    )
+    assert result.checks[0]["prediction-drift"] == "fail", result.checks[0]["reason"]
+    assert ep.weights == {"v1": 100, "v2": 0}
