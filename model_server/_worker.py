@@ -173,7 +173,12 @@ def run_worker(
         0
     """
     try:
-        loaded = load_bundle(settings.model_dir)
+        loaded = load_bundle(
+            settings.model_dir,
+            trust_pickle=settings.trust_pickle,
+            trust_types=settings.trust_types,
+            signing_key=settings.signing_key,
+        )
     except BundleReadError as exc:
         log.error("cannot serve: %s", exc)
         return LOAD_FAILED

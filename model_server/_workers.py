@@ -374,8 +374,10 @@ def _preload(model_dir: str) -> None:
         return  # the workers report it, with the exit status a single process would have
     flavor = {"sklearn": "sklearn.base"}.get(str(manifest.get("flavor")), manifest.get("flavor"))
     serializer = {"skops": "skops.io"}.get(str(manifest.get("serializer")), "cloudpickle")
+    # Only libraries model_server knows: the manifest is not trusted to name what to import.
+    known = {"sklearn.base", "xgboost", "lightgbm", "skops.io", "cloudpickle"}
     for name in (flavor, serializer):
-        if name and name != "pyfunc":
+        if name in known:
             with contextlib.suppress(Exception):
                 importlib.import_module(str(name))
 

@@ -315,7 +315,7 @@ def _vs_match(where: str, block: Mapping[str, Any]) -> Match:
     return Match(
         path=_string_match(f"{where}.uri", block["uri"]) if block.get("uri") else None,
         ignore_case=bool(block.get("ignoreUriCase")),
-        headers=headers,  # type: ignore[arg-type]
+        headers=headers,
         method=_string_match(f"{where}.method", block["method"]) if block.get("method") else None,
     )
 

@@ -27,7 +27,7 @@ import mlshift
 from mlshift.gates import ErrorRate, Interval, Latency, MaxErrorRate, SampleRatio, Verdict
 from mlshift.local import Local
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 class Planted:
@@ -75,12 +75,24 @@ def ep(tmp_path_factory: pytest.TempPathFactory, data: tuple[Any, Any]) -> Itera
     safe = X[X[:, 2] < half_percent][:5]
     endpoint = mlshift.endpoint("churn", target=Local(state_dir=tmp_path_factory.mktemp("mesh")))
     try:
-        endpoint.deploy(Planted(base, fail_from=half_percent), "v1", sample=safe)
-        endpoint.deploy(Planted(base, fail_from=half_percent, delay_s=0.05), "v2", sample=safe)
-        endpoint.deploy(Planted(base, fail_from=three_percent), "v3", sample=safe)
-        endpoint.deploy(Planted(base, fail_from=half_percent, delay_s=0.07), "v4", sample=safe)
+        endpoint.deploy(Planted(base, fail_from=half_percent), "v1", sample=safe, trust_pickle=True)
+        endpoint.deploy(
+            Planted(base, fail_from=half_percent, delay_s=0.05),
+            "v2",
+            sample=safe,
+            trust_pickle=True,
+        )
+        endpoint.deploy(
+            Planted(base, fail_from=three_percent), "v3", sample=safe, trust_pickle=True
+        )
+        endpoint.deploy(
+            Planted(base, fail_from=half_percent, delay_s=0.07),
+            "v4",
+            sample=safe,
+            trust_pickle=True,
+        )
         flip = float(np.quantile(X[:, 3], 0.9))
-        endpoint.deploy(Planted(base, flip_above=flip), "v5", sample=safe)
+        endpoint.deploy(Planted(base, flip_above=flip), "v5", sample=safe, trust_pickle=True)
         yield endpoint
     finally:
         endpoint.delete()

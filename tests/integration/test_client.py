@@ -99,6 +99,7 @@ def test_predict_reports_the_version_and_sends_dataframes_split(fast_url: str) -
         predict("http://127.0.0.1:9", "churn", frame, timeout=1)
 
 
+@pytest.mark.serial  # paced sends: counts need the machine to itself
 def test_send_paces_requests_one_row_each(fast_url: str) -> None:
     run = TrafficRun(fast_url, "churn", np.ones((7, 3)), rps=100, duration=1.0).wait(10)
     assert not run.running

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 import mlshift
 from mlshift.local import Local
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 class Fragile:

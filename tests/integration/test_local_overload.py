@@ -27,7 +27,7 @@ from tests.fixtures.local import Mesh
 
 MeshFactory = Callable[[str], Mesh]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 BIG_BYTES = 7_900_000
 

@@ -32,7 +32,7 @@ from mlshift._state import HeaderRoute, Mirror, TrafficState, VersionSpec
 from mlshift.local import LocalEngine
 from tests.fixtures.local import Mesh, hit, replace_weights
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _assert_split(seen: Counter[str], weights: dict[str, int], n: int) -> None:

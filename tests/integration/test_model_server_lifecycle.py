@@ -21,7 +21,7 @@ import pytest
 
 from tests.fixtures.serving import echo_bundle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _metric(text: str, name: str) -> float:

@@ -206,7 +206,9 @@ def test_ready_only_when_every_worker_has_loaded(tmp_path: Path, stop_after: Any
 
     model = SlowSecondLoad(str(tmp_path / "first-load"), delay_s=6.0)
     sample = np.array([[1.0, 2.0], [3.0, 4.0]])
-    bundle = write_bundle(model, "v1", sample=sample, dest=tmp_path / "b", name="echo").path
+    bundle = write_bundle(
+        model, "v1", sample=sample, dest=tmp_path / "b", name="echo", trust_pickle=True
+    ).path
     (tmp_path / "first-load").unlink(missing_ok=True)  # writing the bundle read it back once
     server = _start(bundle, tmp_path)
     stop_after(server)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
@@ -147,11 +148,25 @@ def test_refresh_thread_draws_live_metrics_and_stops_on_close(
     assert ctl.refreshes == drawn
 
 
+def _gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` has exited (a zombie waiting to be reaped counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} still runs {timeout} s after SIGKILL")
+
+
 def test_a_killed_version_snaps_back_and_shows_why(home: Path, bundles: list[BundleInfo]) -> None:
     for ep in _mesh("churn-kill", home, bundles):  # its own endpoint: v2 does not come back
         ctl = TrafficSlider(ep)
         pid = ep.engine.pids()["v2"]  # type: ignore[attr-defined]
         os.kill(pid, signal.SIGKILL)
+        _gone(pid)  # the signal is delivered asynchronously: the version is dead once it exits
         ctl.sliders["v2"].value = 50
         assert ctl.sliders["v2"].value == 0
         assert "InvalidWeightsError" in ctl.status.value and "not ready" in ctl.status.value
