@@ -351,7 +351,8 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
             deadline = time.monotonic() + 30
             while "draining" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert "draining: readiness is now false, 1 requests in flight" in log.read_text()
+            # With WORKERS=auto the request may be in a worker, not in the process that logs.
+            assert "draining: readiness is now false" in log.read_text()
             assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 503
             held.sendall(body[10:])
             status, answer = _read_reply(held)
