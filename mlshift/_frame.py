@@ -361,7 +361,9 @@ def frame_from_counters(
     """
     if step <= 0 or end <= start:
         return empty_frame()
-    count = max(1, round((end - start) / step))
+    # Whole steps ending at ``end`` that cover all of ``(start, end]``: rounding instead
+    # cut up to half a step off the window's start, and the requests in it.
+    count = max(1, math.ceil((end - start) / step - 1e-9))
     edges = [end - k * step for k in range(count, -1, -1)]
     by_version: dict[str, list[Snapshot]] = defaultdict(list)
     for snap in snaps:
