@@ -5,7 +5,9 @@ loopback, driven by ``wrk`` (Debian) with a Lua script for the POST body: single
 requests at 1, 16 and 64 connections. Baselines measured in the same run: the in-process
 ``model.predict`` rate, MLServer 1.7 (scikit-learn runtime, 2 workers), KServe 0.21's
 ``ModelServer`` (1 and 2 workers) and a minimal BentoML 1.4 service (2 workers), each installed
-on first use into its own venv under benchmarks/.work/venvs (see ``benchmarks/peers.py``).
+on first use into its own venv under benchmarks/.work/venvs (see ``benchmarks/peers.py``), and
+model_server as it was before ``--workers`` (commit ``BEFORE_COMMIT``, from ``git archive``), the
+baseline for "``--workers 1`` is no slower than before".
 
 For model_server the run also records the batch sizes formed (``mlshift_batch_size`` from
 /metrics around each cell), how evenly the workers shared the CPU (SO_REUSEPORT vs the parent's
@@ -47,6 +49,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
 CONNECTIONS = (1, 16, 64)
 ROWS = (1, 32)
 OURS = "mlshift model_server"
+BEFORE_COMMIT = "29d83f9"
+"""model_server as it was before ``--workers`` (issue 16's "today"): the `--workers 1` baseline."""
+BEFORE = f"{OURS} before --workers ({BEFORE_COMMIT})"
 
 
 @dataclass
@@ -244,6 +249,24 @@ def model_server(bundle: Path, port: int, workers: int, balance: str) -> peers.P
     )
 
 
+def before_workers(bundle: Path, port: int) -> peers.Peer:
+    """model_server from ``BEFORE_COMMIT`` (``git archive``), serving the same bundle."""
+    tree = WORK / f"model_server-{BEFORE_COMMIT}"
+    if not (tree / "model_server" / "__main__.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", BEFORE_COMMIT, "model_server"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    cmd = [sys.executable, "-m", "model_server", "--model-dir", str(bundle),
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    return peers.Peer(
+        BEFORE, cmd, {"PYTHONPATH": str(tree)}, "/v2/health/ready", "/v2/models/rf/infer", "v2"
+    )
+
+
 def _fmt(value: float | None, pattern: str) -> str:
     return "" if value is None else pattern.format(value)
 
@@ -282,6 +305,25 @@ def report(
     for note in missing:
         lines.append(f"\nNot measured: {note}")
     ours = [r for r in runs if r.server == auto]
+    one = {(r.rows, r.connections): r for r in runs if r.server == f"{OURS} (1 worker)"}
+    before = {(r.rows, r.connections): r for r in runs if r.server == BEFORE}
+    if one and before:
+        lines += [
+            "",
+            f"## `--workers 1` against model_server before `--workers` ({BEFORE_COMMIT}),"
+            " same run",
+            "",
+            "| rows/request | connections | requests/s now / before | p99 ms now / before |",
+            "|---:|---:|---:|---:|",
+        ]
+        for key, now in one.items():
+            then = before.get(key)
+            if then is None or not then.rps:
+                continue
+            lines.append(
+                f"| {key[0]} | {key[1]} | {now.rps:.0f} / {then.rps:.0f}"
+                f" ({now.rps / then.rps:.2f}×) | {now.p99_ms:.1f} / {then.p99_ms:.1f} |"
+            )
     theirs = [r for r in runs if not r.server.startswith(OURS)]
     lines += [
         "",
@@ -372,6 +414,7 @@ def main() -> None:
     runs: list[Run] = []
     memory: list[Memory] = []
     servers: list[tuple[Callable[[int], peers.Peer], bool]] = [
+        (lambda p: before_workers(bundle, p), True),
         (lambda p: model_server(bundle, p, 1, "reuseport"), True),
         (lambda p: model_server(bundle, p, workers, "reuseport"), True),
         (lambda p: model_server(bundle, p, workers, "handoff"), True),

@@ -149,6 +149,8 @@ class KubernetesEngine:
         self.api = api
         self.settings = settings
         self._warned: set[str] = set()
+        self._writes_status = False
+        """istiod was seen writing ``Reconciled`` here: its absence then means "not yet"."""
 
     def __repr__(self) -> str:
         return f"<KubernetesEngine {self.settings.namespace}/{self.endpoint}>"
@@ -431,7 +433,7 @@ class KubernetesEngine:
             if istio and step.action != "wait-ready" and index + 1 < len(plan.steps):
                 # A later step depends on this change: let it reach the sidecars first.
                 generation = dig(written, "metadata", "generation")
-                wait_propagated(
+                self._writes_status = wait_propagated(
                     self.api,
                     self._res("VirtualService" if step.action == "patch-routes" else step.kind),
                     state.namespace,
@@ -440,6 +442,7 @@ class KubernetesEngine:
                     settle=self.settings.settle_time,
                     timeout=self.settings.propagation_timeout,
                     poll=self.settings.poll_interval,
+                    writes_status=self._writes_status,
                 )
         deleting = any(
             s.action == "delete" and s.kind in ("VirtualService", "HTTPRoute") for s in plan.steps

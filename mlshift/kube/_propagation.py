@@ -9,6 +9,10 @@ after an Istio write that a later step of the same plan depends on, the engine w
   ``timeout``;
 - where no status is written, for the target's ``settle_time`` (default 3 s; Istio usually
   converges in about a second, p90 1.5-4.5 s).
+
+An object istiod has not marked yet (one created moments ago) has no ``Reconciled``
+condition either: once an engine has seen the condition on any object, the cluster is known
+to write it, and its absence means "not yet" (wait for it), not "never" (settle).
 """
 
 from __future__ import annotations
@@ -58,23 +62,34 @@ def wait_propagated(
     settle: float,
     timeout: float,
     poll: float,
-) -> None:
-    """Return once the write of ``generation`` (None: a delete) has reached the proxies."""
+    writes_status: bool = False,
+) -> bool:
+    """Return once the write of ``generation`` (None: a delete) has reached the proxies.
+
+    ``writes_status``: this cluster is known to write ``Reconciled`` (seen before), so an
+    object without it is waited for, not settled. Returns whether the condition was seen.
+    """
     started = time.monotonic()
     if generation is None:
         time.sleep(settle)
-        return
+        return writes_status
     while True:
         try:
             state = reconciled(api.get(res, namespace, name), generation)
         except APINotFoundError:
             state = None
         waited = time.monotonic() - started
+        writes_status = writes_status or state is not None
         if state:
             log.info("%s %s/%s reached the proxies in %.1f s", res.kind, namespace, name, waited)
-            return
-        if state is None and waited >= settle:
-            return  # no status written here: the settle time stands in for it
+            return True
+        if state is None and not writes_status and waited >= settle:
+            # No status written here: the settle time stands in for it.
+            log.debug(
+                "%s %s/%s has no Reconciled status; settled %.1f s for generation %s",
+                res.kind, namespace, name, waited, generation,
+            )  # fmt: skip
+            return False
         if waited >= max(timeout, settle):
             raise RoutingError(
                 f"{res.kind} {namespace}/{name} generation {generation} has not reached every"

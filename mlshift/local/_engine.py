@@ -35,7 +35,7 @@ from mlshift.local import _xds as xds
 from mlshift.local._envoy import Router
 from mlshift.local._files import EndpointFiles
 from mlshift.local._httproute import read_http_route
-from mlshift.local._ownership import ProcessRecord, identify, owned
+from mlshift.local._ownership import ProcessRecord, alive, identify, owned
 from mlshift.local._sampling import MeshSampling
 from mlshift.local._steps import PlanSteps
 
@@ -91,6 +91,8 @@ class LocalEngine(PlanSteps):
         self._router: Router | None = None
         self._routers: list[Router] = []  # every Router made, closed with the engine
         self._http = httpx.Client(timeout=1.0, trust_env=False)
+        self._proven: dict[str, tuple[int, float | None]] = {}
+        """version -> (pid, start time) of the process last proven to be its model server."""
         # The sampler thread reaches the engine through a weak reference only, so an engine
         # no Endpoint uses any more is collected, and the finalizer stops the thread.
         this = weakref.ref(self)
@@ -221,9 +223,22 @@ class LocalEngine(PlanSteps):
         out: dict[str, VersionStatus] = {}
         for version in (s.name for s in wanted if s.name in healthy):
             record = self.files.record(version)
-            if identify(record, self.files.server(version)).process is not None:
+            if self._ours(version, record):
                 out[version] = self._version_status(state, version, record, "")
         return out
+
+    def _ours(self, version: str, record: ProcessRecord | None) -> bool:
+        """Whether ``record``'s process is ``version``'s server: proven once (command line,
+        start time), then only checked to be that same process, still running."""
+        if record is None:
+            return False
+        key = (record.pid, record.started)
+        if self._proven.get(version) == key and alive(record):
+            return True
+        if identify(record, self.files.server(version)).process is None:
+            return False
+        self._proven[version] = key
+        return True
 
     @staticmethod
     def _version_status(

@@ -138,6 +138,8 @@ class Router(EnvoyAdmin):
     def record(self) -> ProcessRecord | None:
         """The record of the running Envoy, or None when none runs that is provably ours."""
         record = read_record(self.paths.record)
+        if record is not None and self._identity == (record.pid, record.started) and alive(record):
+            return record  # proven ours before, and that very process still runs
         record = record if owned(record, self.expected) else None
         self._identity = (record.pid, record.started) if record is not None else None
         return record

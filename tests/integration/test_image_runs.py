@@ -18,6 +18,7 @@ mirror (``MLSHIFT_TEST_DEBIAN_MIRROR``, default deb.debian.org) and to PyPI for 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -98,10 +99,18 @@ def debian_python_layout() -> tuple[Path, str]:
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     cache = _cache_root() / f"{SUITE}-{key}"
     meta = cache.with_name(f"{cache.name}.json")
-    if meta.exists() and cache.is_dir():
-        return cache, json.loads(meta.read_text())["python"]
-    mmdebstrap, umoci = _tool("mmdebstrap"), _tool("umoci")
     cache.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time: CI starts one early in the background (``python -m`` this
+    # module), and a test that needs the layout meanwhile waits for it rather than build twice.
+    with open(cache.with_name(f"{cache.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if meta.exists() and cache.is_dir():
+            return cache, json.loads(meta.read_text())["python"]
+        return _build_layout(cache, meta, mirror)
+
+
+def _build_layout(cache: Path, meta: Path, mirror: str) -> tuple[Path, str]:
+    mmdebstrap, umoci = _tool("mmdebstrap"), _tool("umoci")
     work = Path(tempfile.mkdtemp(prefix=f"{cache.name}.", dir=cache.parent))
     try:
         tar = work / "rootfs.tar"
@@ -367,3 +376,9 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
         f"\nimage e2e: build+push {built:.1f} s, pull+unpack {unpacked_at - started - built:.1f} s,"
         f" start to ready {ready_after:.1f} s, total {time.monotonic() - started:.1f} s"
     )
+
+
+if __name__ == "__main__":
+    # Build (or find) the cached Debian layout ahead of the tests: .ci/run starts this in the
+    # background while the linters run.
+    print(debian_python_layout())
