@@ -184,3 +184,20 @@ def test_histograms_from_counters_over_a_window_and_a_restart() -> None:
     hists = histograms_from_counters(snaps, start=0, end=11)
     assert hists["v1"].counts == (5.0, 5.0)
     assert "v2" not in hists  # nothing observed: left out
+
+
+@pytest.mark.parametrize("edges", [ISTIO, FINE], ids=["istio", "fine"])
+def test_false_failures_of_healthy_canaries_stay_within_alpha(edges: tuple[float, ...]) -> None:
+    """400 healthy canaries (the same distribution as stable), tested at 5 % without any
+    tolerance: the share failed stays within 5 % (up to three binomial standard errors)."""
+    rng = np.random.default_rng(12)
+    mw = tail = 0
+    runs = 400
+    for _ in range(runs):
+        stable = _bin(rng.lognormal(math.log(20), 0.5, 2000), edges)
+        canary = _bin(rng.lognormal(math.log(20), 0.5, 300), edges)
+        mw += mann_whitney_binned(edges, canary, stable)[1] < 0.05
+        tail += tail_excess_binned(edges, canary, stable, quantile=0.95, tolerance=0.0)[1] < 0.05
+    limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert mw / runs <= limit
+    assert tail / runs <= limit
