@@ -86,6 +86,9 @@ class SimEndpoint:
         parts = self._lat.get(version) or [np.empty(0)]
         return pd.DataFrame({"latency_ms": np.concatenate(parts)[-4 * LATENCY_CAP :]})
 
+    def latency_histograms(self, since: Any = 0) -> dict[str, Any]:
+        return {}  # the journals always hold latencies here
+
     def reader(self) -> SimEndpoint:
         return self
 

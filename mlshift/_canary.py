@@ -27,7 +27,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
     import pandas as pd
 
+    from mlshift._histogram import LatencyHistogram
     from mlshift._view import EndpointView
 
 __all__ = ["CanaryResult", "CanaryRun", "canary", "run_canary"]
@@ -213,6 +214,20 @@ def _latencies(
     return out
 
 
+def _histograms(
+    ep: EndpointView, latencies: Mapping[str, object], versions: Sequence[str], since: float
+) -> dict[str, LatencyHistogram]:
+    """Each version's latency histogram over the look, when a version has no per-request
+    latencies (its journal could not be read, or holds nothing): the gate tests buckets then."""
+    if all(v in latencies for v in versions):
+        return {}
+    try:
+        return ep.latency_histograms(since=since)
+    except MlshiftError as exc:
+        log.debug("no latency histograms: %s", exc)
+        return {}
+
+
 def _extras(
     ep: EndpointView, gates: Sequence[Gate], canary: str, stable: str, since: float
 ) -> dict[str, Any]:
@@ -281,12 +296,14 @@ def run_canary(
                 look += 1
                 since = max(time.time() - start, 1e-3)
                 frame = ep.metrics(since=since, step=since)
+                latencies = _latencies(ep, (version, stable), since)
                 look_at = Interval(
                     version,
                     stable,
                     dict(ep.weights),
                     frame,
-                    _latencies(ep, (version, stable), since),
+                    latencies,
+                    histograms=_histograms(ep, latencies, (version, stable), since),
                     alpha=alpha,
                     level=look_alpha(alpha, look),
                     look=look,

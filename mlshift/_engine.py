@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlshift._bundle_info import BundleInfo
+    from mlshift._histogram import LatencyHistogram
     from mlshift._plan import Plan
     from mlshift._prediction_stats import PredictionStats
     from mlshift._state import EndpointState, Routing, TrafficState, VersionSpec
@@ -99,6 +100,15 @@ class Engine(Protocol):
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's prediction counters over the last ``since`` seconds."""
+        ...
+
+    def latency_histograms(
+        self, state: EndpointState, *, since: float
+    ) -> dict[str, LatencyHistogram]:
+        """Return each version's latency histogram (ms) over the last ``since`` seconds, from
+        the router's buckets (local: Envoy's ``upstream_rq_time``; Kubernetes: Istio's
+        ``istio_request_duration_milliseconds`` in Prometheus); versions without
+        observations are left out."""
         ...
 
     def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:

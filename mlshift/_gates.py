@@ -3,7 +3,8 @@
 A gate has one method, ``check(interval) -> Verdict``; anything with that method is a gate
 (``Gate`` is a Protocol), so users can write their own. ``Interval`` carries what the run saw
 since the current step began: the metrics frame rows of every version, the weights, and,
-where the target records them, each version's per-request latencies. A gate that needs more
+where the target records them, each version's per-request latencies (else its latency
+histogram over the interval). A gate that needs more
 says so in ``needs`` (``("predictions",)``, ``("comparison",)``): the run then also reads
 the prediction counters (``Interval.predictions``) or pairs both versions' answers to
 mirrored requests (``Interval.comparison``), and only then.
@@ -34,9 +35,11 @@ import numpy as np
 from mlshift._stats_tests import (
     holm,
     mann_whitney,
+    mann_whitney_binned,
     min_sample,
     sample_ratio,
     tail_excess,
+    tail_excess_binned,
     two_proportions,
 )
 
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlshift._compare import Comparison
+    from mlshift._histogram import LatencyHistogram
 
 __all__ = [
     "ErrorRate",
@@ -115,6 +119,9 @@ class Interval:
     when a gate ``needs`` ``"comparison"``."""
     unavailable: Mapping[str, str] = field(default_factory=dict)
     """What could not be read for this look (``"predictions"``, ``"comparison"``) and why."""
+    histograms: Mapping[str, LatencyHistogram] = field(default_factory=dict)
+    """Each version's latency histogram over the interval (the router's or Prometheus's
+    buckets), read where per-request latencies are not there."""
 
     def rows(self, version: str) -> pd.DataFrame:
         """The frame rows of ``version``."""
@@ -144,10 +151,14 @@ class Interval:
 
     def quantile(self, version: str, q: float = 0.99) -> float:
         """The ``q`` latency quantile of ``version`` (ms): from per-request latencies when
-        there are some, else the request-weighted mean of the frame's p99 column."""
+        there are some, else from its histogram over the interval, else the request-weighted
+        mean of the frame's p99 column."""
         lat = self.latencies.get(version)
         if lat is not None and len(lat):
             return float(np.quantile(lat, q))
+        histogram = self.histograms.get(version)
+        if histogram is not None and histogram.total > 0:
+            return histogram.quantile(q)
         rows = self.rows(version).dropna(subset=["p99_ms"])
         weights = rows["requests"].fillna(0)
         if rows.empty or not weights.sum() > 0:
@@ -235,7 +246,10 @@ class Latency:
     per-request latencies: the whole distribution, as Kayenta). With ``quantile`` (0.99:
     "p99 no more than 20 % worse") it tests that quantile instead: a binomial test on how
     many canary requests exceed ``1 + tolerance`` times stable's p99. Without per-request
-    latencies it compares the frame's p99 with the tolerance (a point estimate, no test).
+    latencies both tests run on the versions' latency histograms over the interval (bucket
+    counts, uniform within each bucket: ``mann_whitney_binned``, ``tail_excess_binned``);
+    without those either, it compares the frame's p99 with the tolerance (a point estimate,
+    no test).
 
     Example:
         >>> Latency(tolerance=0.2).name
@@ -249,34 +263,65 @@ class Latency:
 
     def check(self, interval: Interval) -> Verdict:
         c, s = interval.canary, interval.stable
+        tested = self._test(interval)
+        if tested is not None:
+            return self._tested(interval, *tested)
         p99_c, p99_s = interval.quantile(c), interval.quantile(s)
-        lat_c, lat_s = interval.latencies.get(c), interval.latencies.get(s)
-        numbers: dict[str, float] = {"canary_p99_ms": p99_c, "stable_p99_ms": p99_s}
-        if lat_c is not None and lat_s is not None and len(lat_c) and len(lat_s):
-            if self.quantile is None:
-                effect, p = mann_whitney(lat_c, lat_s, tolerance=self.tolerance)
-                test = "Mann-Whitney"
-            else:
-                effect, p = tail_excess(
-                    lat_c, lat_s, quantile=self.quantile, tolerance=self.tolerance
-                )
-                test = f"share above the limit {effect:.1%}, binomial"
-            numbers |= {"effect": effect, "canary_requests": float(len(lat_c)), "p_value": p}
-            text = (
-                f"p99 {p99_c:.1f} ms vs {s} {p99_s:.1f} ms (tolerance +{self.tolerance:.0%},"
-                f" {test} p={p:.2g}, n={len(lat_c)})"
-            )
-            if p < interval.level:
-                return Verdict(self.name, "fail", text, numbers, p)
-            if len(lat_c) < self.min_requests:
-                return Verdict(self.name, "inconclusive", f"{text}; needs {self.min_requests}")
-            return Verdict(self.name, "pass", text, numbers, p)
+        numbers = {"canary_p99_ms": p99_c, "stable_p99_ms": p99_s}
         n_c, _ = interval.totals(c)
         if n_c < self.min_requests or math.isnan(p99_c) or math.isnan(p99_s):
             return Verdict(self.name, "inconclusive", f"{n_c:.0f} requests with latencies")
         text = f"p99 {p99_c:.1f} ms vs {s} {p99_s:.1f} ms (tolerance +{self.tolerance:.0%})"
         ok = p99_c <= p99_s * (1 + self.tolerance)
         return Verdict(self.name, "pass" if ok else "fail", text, numbers)
+
+    def _test(self, interval: Interval) -> tuple[float, float, str, float] | None:
+        """``(effect, p, what was tested, canary count)`` on per-request latencies, else on
+        histogram buckets; None when neither is there for both versions."""
+        c, s = interval.canary, interval.stable
+        tol, q = self.tolerance, self.quantile
+        lat_c, lat_s = interval.latencies.get(c), interval.latencies.get(s)
+        hist_c, hist_s = interval.histograms.get(c), interval.histograms.get(s)
+        if lat_c is not None and lat_s is not None and len(lat_c) and len(lat_s):
+            n, data = float(len(lat_c)), ""
+            if q is None:
+                effect, p = mann_whitney(lat_c, lat_s, tolerance=tol)
+            else:
+                effect, p = tail_excess(lat_c, lat_s, quantile=q, tolerance=tol)
+        elif hist_c is not None and hist_s is not None and hist_c.total and hist_s.total:
+            n, data = hist_c.total, " on histogram buckets"
+            both = (hist_c.edges, hist_c.counts, hist_s.counts)
+            if q is None:
+                effect, p = mann_whitney_binned(*both, tolerance=tol, stable_edges=hist_s.edges)
+            else:
+                effect, p = tail_excess_binned(
+                    *both, quantile=q, tolerance=tol, stable_edges=hist_s.edges
+                )
+        else:
+            return None
+        test = "Mann-Whitney" if q is None else f"share above the limit {effect:.1%}, binomial"
+        return effect, p, test + data, n
+
+    def _tested(self, interval: Interval, effect: float, p: float, test: str, n: float) -> Verdict:
+        c, s = interval.canary, interval.stable
+        q = 0.99 if self.quantile is None else self.quantile
+        q_c, q_s = interval.quantile(c, q), interval.quantile(s, q)
+        numbers = {
+            "canary_p99_ms": interval.quantile(c),
+            "stable_p99_ms": interval.quantile(s),
+            "effect": effect,
+            "canary_requests": n,
+            "p_value": p,
+        }
+        text = (
+            f"p{q * 100:g} {q_c:.1f} ms vs {s} {q_s:.1f} ms (tolerance +{self.tolerance:.0%},"
+            f" {test} p={p:.2g}, n={n:.0f})"
+        )
+        if p < interval.level:
+            return Verdict(self.name, "fail", text, numbers, p)
+        if n < self.min_requests:
+            return Verdict(self.name, "inconclusive", f"{text}; needs {self.min_requests}")
+        return Verdict(self.name, "pass", text, numbers, p)
 
 
 @dataclass(frozen=True)

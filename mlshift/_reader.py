@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mlshift._client import TrafficRun
     from mlshift._compare import Comparison
     from mlshift._engine import Engine, Target, VersionStatus
+    from mlshift._histogram import LatencyHistogram
 
 __all__ = ["EndpointReader", "Seen"]
 
@@ -274,6 +275,21 @@ class EndpointReader:
 
             return empty_frame()
         return self.engine.metrics(state, since=seconds, step=resolution)
+
+    def latency_histograms(self, since: str | float = "5m") -> dict[str, LatencyHistogram]:
+        """Each version's request latencies (ms) over the last ``since``, as histogram buckets
+        (the router's: Envoy's locally, Istio's in Prometheus on a cluster); what the canary's
+        latency gate tests where per-request latencies cannot be read.
+
+        Example:
+            >>> ep.latency_histograms(since="2m")["v2"].quantile(0.99)  # doctest: +SKIP
+            48.1
+        """
+        seconds = parse_duration(since, what="since")
+        state = self._readable()
+        if state is None:
+            return {}
+        return self.engine.latency_histograms(state, since=seconds)
 
     def predictions(self, since: str | float = "15m", *, stable: str | None = None) -> pd.DataFrame:
         """What each version predicts: class shares (or quantiles) and divergence from stable.

@@ -8,6 +8,9 @@
   approximation and tie correction (Kayenta's test, with a tolerance).
 - ``tail_excess``: is the canary's p99 (or another quantile) more than ``1 + tolerance``
   times stable's? A one-sided binomial test on how many canary latencies exceed that limit.
+- ``mann_whitney_binned``, ``tail_excess_binned``: the same two tests on histogram buckets
+  (Prometheus's, Envoy's), where per-request latencies are not recorded: latencies are taken
+  as uniform within each bucket, the assumption Prometheus's ``histogram_quantile`` makes.
 - ``sample_ratio``: does the canary's observed share of requests match its weight?
   Chi-square goodness of fit with one degree of freedom.
 - ``wilson``: a confidence interval for a proportion (agreement rates).
@@ -29,14 +32,17 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "binned_quantile",
     "binomial_tail",
     "holm",
     "look_alpha",
     "mann_whitney",
+    "mann_whitney_binned",
     "min_sample",
     "normal_quantile",
     "sample_ratio",
     "tail_excess",
+    "tail_excess_binned",
     "two_proportions",
     "wilson",
 ]
@@ -172,6 +178,165 @@ def tail_excess(
     limit = float(np.quantile(y, quantile)) * (1.0 + tolerance)
     above = int(np.sum(x > limit))
     return above / len(x), binomial_tail(above, len(x), 1.0 - quantile)
+
+
+def _pieces(
+    edges: Sequence[float] | npt.ArrayLike, counts: Sequence[float] | npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Buckets as pieces ``(lo, hi, count)``: bucket ``i`` spans ``(edges[i-1], edges[i]]``
+    (the first from 0), the ``+Inf`` bucket is a point at the highest finite bound, as
+    Prometheus's ``histogram_quantile`` reads them. Empty buckets are dropped."""
+    hi = np.asarray(edges, dtype=np.float64)
+    n = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    if hi.shape != n.shape or hi.ndim != 1:
+        raise ValueError(f"need one count per bucket bound, got {n.shape} and {hi.shape}")
+    if len(hi) and (np.any(np.diff(hi) <= 0) or np.any(np.isnan(hi))):
+        raise ValueError(f"bucket bounds must rise strictly, got {hi.tolist()}")
+    lo = np.concatenate([[min(0.0, float(hi[0]))] if len(hi) else [], hi[:-1]])
+    top = np.isinf(hi)
+    if top.any():
+        last = float(hi[~top][-1]) if (~top).any() else 0.0
+        lo[top], hi[top] = last, last
+    keep = n > 0
+    return lo[keep], hi[keep], n[keep]
+
+
+def _mean_cdf(
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    d: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """P(U > V) for U uniform on [a, b] and V uniform on [c, d] (arrays broadcast), either
+    may be a point (a == b, c == d); a tie between two equal points counts a half.
+
+    For a piece U it is the mean of V's CDF F over [a, b]: ``(G(b) - G(a)) / (b - a)`` with
+    ``G`` the integral of ``F``: 0 below c, ``(x - c)^2 / (2 (d - c))`` within, and
+    ``(d - c) / 2 + (x - d)`` above; for a point U it is ``F(a)``.
+    """
+    width = d - c
+    point_v = width <= 0
+    safe = np.where(point_v, 1.0, width)
+
+    def cdf(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        inside = np.clip((x - c) / safe, 0.0, 1.0)
+        # A point V: below it 0, above it 1, on it a half (the tie).
+        at_point = np.where(x > c, 1.0, np.where(x == c, 0.5, 0.0))
+        return np.where(point_v, at_point, inside)
+
+    def integral(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        piece = np.where(
+            x <= c, 0.0, np.where(x >= d, width / 2.0 + (x - d), (x - c) ** 2 / (2.0 * safe))
+        )
+        return np.where(point_v, np.maximum(x - c, 0.0), piece)
+
+    span = b - a
+    point_u = span <= 0
+    mean = (integral(b) - integral(a)) / np.where(point_u, 1.0, span)
+    return np.where(point_u, cdf(a), mean)
+
+
+def mann_whitney_binned(
+    edges: Sequence[float] | npt.ArrayLike,
+    counts_c: Sequence[float] | npt.ArrayLike,
+    counts_s: Sequence[float] | npt.ArrayLike,
+    *,
+    tolerance: float = 0.0,
+    stable_edges: Sequence[float] | npt.ArrayLike | None = None,
+) -> tuple[float, float]:
+    """``mann_whitney`` on bucketed latencies: per-bucket counts over upper bounds ``edges``
+    (``stable_edges`` when stable's buckets differ from the canary's).
+
+    Latencies are taken as uniform within each bucket (the assumption Prometheus's
+    ``histogram_quantile`` makes; the ``+Inf`` bucket is a point at the highest finite
+    bound). The canary's buckets are scaled by ``1 / (1 + tolerance)``, then
+    P(canary' > stable) is computed in closed form over every pair of pieces
+    (``_mean_cdf``), ``U = n_c n_s P``, and the one-sided p-value comes from the normal
+    approximation with variance ``n_c n_s (n_c + n_s + 1) / 12`` (no ties: the pieces are
+    continuous; real ties only lower the variance, so this errs toward passing) and the
+    same continuity correction as ``mann_whitney``. Identical histograms give the effect
+    0.5 at most and p > 0.5: a canary cannot fail for what the buckets cannot tell apart.
+    Counts may be fractions (Prometheus's ``increase()``). Returns ``(effect, p_value)``;
+    NaN when either histogram is empty.
+
+    Example:
+        >>> edges = [5, 10, 25, 50, float("inf")]
+        >>> effect, p = mann_whitney_binned(edges, [0, 10, 80, 10, 0], [50, 40, 10, 0, 0])
+        >>> effect > 0.9, p < 1e-6
+        (True, True)
+    """
+    a, b, w_c = _pieces(edges, counts_c)
+    c, d, w_s = _pieces(edges if stable_edges is None else stable_edges, counts_s)
+    n1, n2 = float(w_c.sum()), float(w_s.sum())
+    if n1 <= 0 or n2 <= 0:
+        return math.nan, math.nan
+    scale = 1.0 + tolerance
+    pairs = _mean_cdf(a[:, None] / scale, b[:, None] / scale, c[None, :], d[None, :])
+    effect = float(w_c @ pairs @ w_s) / (n1 * n2)
+    u = effect * n1 * n2
+    var = n1 * n2 * (n1 + n2 + 1.0) / 12.0
+    z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(var)
+    return effect, _upper_tail(z)
+
+
+def binned_quantile(
+    edges: Sequence[float] | npt.ArrayLike, counts: Sequence[float] | npt.ArrayLike, q: float
+) -> float:
+    """The ``q`` quantile of per-bucket ``counts``, interpolated within its bucket as
+    Prometheus's ``histogram_quantile`` does (the highest finite bound when it falls in the
+    ``+Inf`` bucket); NaN without observations.
+
+    Example:
+        >>> binned_quantile([10, 20, float("inf")], [5, 5, 0], 0.5)
+        10.0
+    """
+    lo, hi, n = _pieces(edges, counts)
+    total = float(n.sum())
+    if total <= 0:
+        return math.nan
+    cumulative = np.cumsum(n)
+    rank = q * total
+    i = min(int(np.searchsorted(cumulative, rank, side="left")), len(n) - 1)
+    below = float(cumulative[i] - n[i])
+    return float(lo[i] + (hi[i] - lo[i]) * (rank - below) / n[i])
+
+
+def tail_excess_binned(
+    edges: Sequence[float] | npt.ArrayLike,
+    counts_c: Sequence[float] | npt.ArrayLike,
+    counts_s: Sequence[float] | npt.ArrayLike,
+    *,
+    quantile: float,
+    tolerance: float,
+    stable_edges: Sequence[float] | npt.ArrayLike | None = None,
+) -> tuple[float, float]:
+    """``tail_excess`` on bucketed latencies (per-bucket counts over upper bounds ``edges``;
+    ``stable_edges`` when stable's buckets differ from the canary's).
+
+    The limit is ``(1 + tolerance)`` x stable's ``quantile`` (``binned_quantile``); the
+    canary's count above it is interpolated within the bucket holding it (uniform within
+    buckets, as ``mann_whitney_binned``), rounded down, and tested with the one-sided
+    binomial test against ``1 - quantile``. Identical histograms put at most ``1 -
+    quantile`` above the limit. Returns ``(share above the limit, p_value)``; NaN when a
+    histogram is empty.
+
+    Example:
+        >>> edges = [10, 20, 50, 100, float("inf")]
+        >>> share, p = tail_excess_binned(edges, [900, 40, 0, 60, 0], [950, 50, 0, 0, 0],
+        ...                               quantile=0.99, tolerance=0.2)
+        >>> round(share, 3), p < 1e-6
+        (0.06, True)
+    """
+    lo, hi, n = _pieces(edges, counts_c)
+    n1 = float(n.sum())
+    stable = edges if stable_edges is None else stable_edges
+    limit = binned_quantile(stable, counts_s, quantile) * (1.0 + tolerance)
+    if n1 <= 0 or math.isnan(limit):
+        return math.nan, math.nan
+    width = np.where(hi > lo, hi - lo, 1.0)
+    above_share = np.where(hi > lo, np.clip((hi - limit) / width, 0.0, 1.0), lo > limit)
+    above = float(n @ above_share)
+    return above / n1, binomial_tail(math.floor(above + 1e-9), math.floor(n1 + 1e-9), 1 - quantile)
 
 
 def sample_ratio(observed: float, total: float, expected_share: float) -> tuple[float, float]:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from mlshift._compare import Comparison
     from mlshift._display import Version
     from mlshift._engine import Target
+    from mlshift._histogram import LatencyHistogram
 
 __all__ = ["EndpointView"]
 
@@ -74,6 +75,10 @@ class EndpointView(Protocol):
 
     def metrics(self, since: str | float = "5m", step: str | float = "10s") -> pd.DataFrame:
         """Per-version request rate, errors and latency (the metrics frame)."""
+        ...
+
+    def latency_histograms(self, since: str | float = "5m") -> dict[str, LatencyHistogram]:
+        """Each version's latency histogram over the last ``since`` (the router's buckets)."""
         ...
 
     def predictions(self, since: str | float = "15m", *, stable: str | None = None) -> pd.DataFrame:

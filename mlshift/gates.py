@@ -9,7 +9,8 @@ Write your own: any object with a ``name`` and ``check(interval) -> Verdict`` is
 ``Gate``); ``interval.totals(version)``, ``interval.quantile(version)``, ``interval.frame``
 and ``interval.latencies`` hold what the current step has seen. Prediction gates:
 ``PredictionDrift`` (the canary's predictions against stable's) and ``Agreement`` (paired
-answers to mirrored requests, with ``ep.shadow``).
+answers to mirrored requests, with ``ep.shadow``). Where per-request latencies cannot be read,
+``interval.histograms`` holds each version's ``LatencyHistogram`` over the step instead.
 """
 
 from mlshift._gates import (
@@ -26,6 +27,7 @@ from mlshift._gates import (
     default_gates,
     judge,
 )
+from mlshift._histogram import LatencyHistogram
 from mlshift._prediction_gates import Agreement, PredictionDrift
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Gate",
     "Interval",
     "Latency",
+    "LatencyHistogram",
     "MaxErrorRate",
     "MaxLatency",
     "PredictionDrift",

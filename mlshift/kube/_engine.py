@@ -92,6 +92,7 @@ from mlshift.kube._writes import OWNED_KINDS, check_owned, routes_patch, write_s
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlshift._histogram import LatencyHistogram
     from mlshift._plan import Plan, Step
     from mlshift._prediction_stats import PredictionStats
 
@@ -330,6 +331,27 @@ class KubernetesEngine:
             namespace=state.namespace,
             since=since,
             step=step,
+            scrape_interval=self.settings.scrape_interval,
+            token=self.settings.prometheus_token,
+            headers=self.settings.prometheus_headers,
+            reporter="waypoint" if ambient else "destination",
+            version_services=gateway,
+        )
+
+    def latency_histograms(
+        self, state: EndpointState, *, since: float
+    ) -> dict[str, LatencyHistogram]:
+        """Each version's latency histogram over the last ``since`` s, from Istio's
+        ``istio_request_duration_milliseconds`` buckets in Prometheus; needs no Kubernetes API."""
+        from mlshift.metrics import istio_latency_histograms
+
+        gateway = state.routing == "gateway-api"
+        ambient = gateway and self.settings.ambient is not None and self.settings.ambient()
+        return istio_latency_histograms(
+            self.settings.prometheus_url,
+            service=state.name,
+            namespace=state.namespace,
+            since=since,
             scrape_interval=self.settings.scrape_interval,
             token=self.settings.prometheus_token,
             headers=self.settings.prometheus_headers,

@@ -42,6 +42,7 @@ from mlshift.local._steps import PlanSteps
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlshift._histogram import LatencyHistogram
     from mlshift._plan import Plan
     from mlshift._prediction_stats import PredictionStats
 
@@ -321,6 +322,18 @@ class LocalEngine(PlanSteps):
     def metrics(self, state: EndpointState, *, since: float, step: float) -> pd.DataFrame:
         """Return the per-version frame over the last ``since`` s (see ``MeshSampling``)."""
         return self.sampling.metrics(state, since=since, step=step)
+
+    def latency_histograms(
+        self, state: EndpointState, *, since: float
+    ) -> dict[str, LatencyHistogram]:
+        """Return each version's latency histogram over the last ``since`` s, from Envoy's
+        ``upstream_rq_time`` buckets (see ``MeshSampling``).
+
+        Example:
+            >>> engine.latency_histograms(state, since=60.0)["v1"].quantile(0.99)  # doctest: +SKIP
+            12.5
+        """
+        return self.sampling.latency_histograms(state, since=since)
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's predictions over the last ``since`` seconds.

@@ -21,6 +21,7 @@ import httpx
 
 from mlshift._exceptions import MlshiftError
 from mlshift._frame import frame_from_counters
+from mlshift._histogram import histograms_from_counters
 from mlshift.local import _xds as xds
 from mlshift.local._files import EndpointFiles, read_json
 from mlshift.local._predictions import (
@@ -41,6 +42,7 @@ from mlshift.local._stats import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlshift._histogram import LatencyHistogram
     from mlshift._prediction_stats import PredictionStats
     from mlshift._state import EndpointState
     from mlshift.local._envoy import Router
@@ -164,6 +166,20 @@ class MeshSampling:
         versions = set(state.version_names)
         snaps = [s for s in self.samples.read(since=start, before=True) if s.version in versions]
         return frame_from_counters(snaps, start=start, end=end, step=min(step, since))
+
+    def latency_histograms(
+        self, state: EndpointState, *, since: float
+    ) -> dict[str, LatencyHistogram]:
+        """Return each version's ``upstream_rq_time`` histogram over the last ``since``
+        seconds, read (like ``metrics``) as cumulative counters, with a read taken now.
+        Envoy merges histograms at each stats flush (1 s): the newest second may be missing."""
+        with contextlib.suppress(MlshiftError):
+            self.sample()
+        end = time.time()
+        start = end - since
+        versions = set(state.version_names)
+        snaps = [s for s in self.samples.read(since=start, before=True) if s.version in versions]
+        return histograms_from_counters(snaps, start=start, end=end)
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's predictions over the last ``since`` seconds.

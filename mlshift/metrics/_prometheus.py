@@ -33,6 +33,7 @@ __all__ = [
     "Series",
     "istio_metrics",
     "istio_queries",
+    "istio_selector",
     "query",
     "rate_window",
 ]
@@ -272,6 +273,28 @@ def rate_window(step: float, scrape_interval: float) -> float:
     return max(step + scrape_interval, 4.0 * scrape_interval)
 
 
+def istio_selector(
+    service: str, namespace: str, reporter: str = "destination", *, version_services: bool = False
+) -> str:
+    """The label matchers of one service's requests as one side reports them (checked names).
+
+    Example:
+        >>> istio_selector("churn", "ml")
+        'reporter="destination",destination_service_name="churn",destination_service_namespace="ml"'
+    """
+    check_name(service, kind="service")
+    check_name(namespace, kind="namespace")
+    if reporter not in ("destination", "waypoint"):
+        raise InvalidArgumentError(
+            f"reporter must be 'destination' or 'waypoint', got {reporter!r}"
+        )
+    name = f'=~"{service}|{service}-.+"' if version_services else f'="{service}"'
+    return (
+        f'reporter="{reporter}",destination_service_name{name},'
+        f'destination_service_namespace="{namespace}"'
+    )
+
+
 def istio_queries(
     service: str,
     namespace: str,
@@ -295,17 +318,8 @@ def istio_queries(
         >>> istio_queries("churn", "ml", 60.0)["rps"]  # doctest: +ELLIPSIS
         'sum by (destination_version) (rate(istio_requests_total{reporter="destination",...
     """
-    check_name(service, kind="service")
-    check_name(namespace, kind="namespace")
-    if reporter not in ("destination", "waypoint"):
-        raise InvalidArgumentError(
-            f"reporter must be 'destination' or 'waypoint', got {reporter!r}"
-        )
+    selector = istio_selector(service, namespace, reporter, version_services=version_services)
     name = f'=~"{service}|{service}-.+"' if version_services else f'="{service}"'
-    selector = (
-        f'reporter="{reporter}",destination_service_name{name},'
-        f'destination_service_namespace="{namespace}"'
-    )
     w = f"{max(1, round(window))}s"
     requests = f"istio_requests_total{{{selector}}}"
     errors = f'istio_requests_total{{{selector},response_code=~"5.."}}'

@@ -3,11 +3,13 @@
 Real Envoy, real model_server processes, real traffic (``ep.send``): a good version is
 promoted; one failing 3 % of requests against a stable at 0.5 % is rolled back by the
 relative error gate while an absolute 5 % limit passes it; one 40 % slower trips the latency
-gate; traffic reaching the canary outside its weight trips the sample-ratio check; no
-traffic times out without promoting; cancellation and an error restore a three-way split.
-Shadow: a version that disagrees on a planted 10 % of inputs shows 90 % +- 3 agreement over
-2,000 mirrored requests, while users only ever got the primary's answers. One endpoint
-with every version serves the whole module (starting processes is the slow part).
+gate, and so does one whose p99 alone is far worse (from the journals and from Envoy's
+histogram buckets alone); traffic reaching the canary outside its weight trips the
+sample-ratio check; no traffic times out without promoting; cancellation and an error
+restore a three-way split. Shadow: a version that disagrees on a planted 10 % of inputs
+shows 90 % +- 3 agreement over 2,000 mirrored requests, while users only ever got the
+primary's answers. One endpoint with every version serves the whole module (starting
+processes is the slow part).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import mlshift
+from mlshift._canary import run_canary
 from mlshift.gates import ErrorRate, Interval, Latency, MaxErrorRate, SampleRatio, Verdict
 from mlshift.local import Local
 
@@ -32,7 +35,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 class Planted:
     """A classifier that raises on rows whose feature 2 is at or above ``fail_from``, sleeps
-    ``delay_s`` per call, and flips its answer where feature 3 is above ``flip_above``."""
+    ``delay_s`` per call (and ``slow_s`` more on rows whose feature 0 is at or above
+    ``slow_from``: a slow tail), and flips its answer where feature 3 is above ``flip_above``."""
 
     def __init__(
         self,
@@ -41,15 +45,20 @@ class Planted:
         fail_from: float = np.inf,
         delay_s: float = 0.0,
         flip_above: float = np.inf,
+        slow_from: float = np.inf,
+        slow_s: float = 0.0,
     ) -> None:
         self.model, self.fail_from, self.delay_s = model, fail_from, delay_s
         self.flip_above = flip_above
+        self.slow_from, self.slow_s = slow_from, slow_s
         self.classes_ = model.classes_
 
     def predict(self, X: Any) -> Any:
         rows = np.asarray(X, dtype=float)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.slow_s and (rows[:, 0] >= self.slow_from).any():
+            time.sleep(self.slow_s)
         if (rows[:, 2] >= self.fail_from).any():
             raise ValueError("planted failure")
         answer = self.model.predict(rows)
@@ -151,6 +160,58 @@ def test_latency_gate_trips_on_a_forty_percent_slower_version(
     traffic.stop()
     assert run.outcome.startswith("rolled back to v2: latency"), list(run.history["reason"])
     assert "Mann-Whitney" in run.outcome
+
+
+class WithoutJournals:
+    """An endpoint whose request journals cannot be read (as on a cluster whose RBAC denies
+    the pod proxy): the canary falls back to the router's latency histograms."""
+
+    def __init__(self, ep: Any) -> None:
+        self._ep = ep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ep, name)
+
+    def journal(self, version: str, since: Any = "10m") -> Any:
+        raise mlshift.MlshiftError(f"no journal for {version} here")
+
+    def reader(self) -> WithoutJournals:
+        return self
+
+
+def test_latency_gate_trips_on_a_slow_tail(fresh: Any, data: tuple[Any, Any]) -> None:
+    """A v6 whose median is v1's but whose p99 is far worse (5 % of rows take 60 ms more)
+    is rolled back by the p99 gate, from the journals and from Envoy's buckets alone."""
+    X, y = data
+    slow_from = float(np.sort(X[:, 0])[-20])  # the top 20 of 400 rows: 5 %
+    fast = X[X[:, 0] < slow_from][:5]
+    tail = Planted(LogisticRegression().fit(X, y), slow_from=slow_from, slow_s=0.06)
+    fresh.deploy(tail, "v6", sample=fast, trust_pickle=True)
+    # A rate at which the slow rows barely queue the others: only the tail is slower.
+    traffic = fresh.send(X, rps=40, duration="90s")
+    try:
+        started = time.time()
+        gates = [Latency(0.2, quantile=0.99)]
+        run = fresh.canary("v6", steps=(50, 100), interval="4s", gates=gates)
+        run.wait()
+        reasons = list(run.history["reason"])
+        assert run.outcome.startswith("rolled back to v1: latency: p99"), reasons
+        assert "binomial p=" in run.outcome
+        # The router's histograms over the same time: the same median bucket, p99 >= 40 % worse.
+        hists = fresh.latency_histograms(since=time.time() - started)
+        v1, v6 = hists["v1"], hists["v6"]
+        assert v6.quantile(0.99) >= 1.4 * v1.quantile(0.99), (v1, v6)
+        assert v6.quantile(0.5) <= 1.2 * v1.quantile(0.5) + 1.0, (v1, v6)
+        # The same judgement without journals: on Envoy's upstream_rq_time buckets.
+        blind = run_canary(WithoutJournals(fresh), "v6", steps=(50, 100), interval=4, gates=gates)
+        assert blind.outcome.startswith("rolled back to v1: latency: p99"), list(
+            blind.history["reason"]
+        )
+        assert "binomial on histogram buckets" in blind.outcome
+    finally:
+        traffic.stop()
+        fresh.promote("v1")
+        fresh.remove("v6")
 
 
 def test_traffic_outside_the_weights_trips_the_sample_ratio_check(

@@ -19,6 +19,7 @@ from mlshift._bundle_info import BundleInfo
 from mlshift._engine import Capability, Engine, Target, VersionStatus
 from mlshift._exceptions import ConflictError, UnsupportedError
 from mlshift._frame import empty_frame
+from mlshift._histogram import LatencyHistogram
 from mlshift._plan import Plan
 from mlshift._prediction_stats import PredictionStats
 from mlshift._render import managed_routes
@@ -37,6 +38,7 @@ class MemoryEngine:
         self.plans: list[Plan] = []
         self.down: set[str] = set()
         self.journals: dict[str, list[dict[str, Any]]] = {}  # what journal() answers
+        self.histograms: dict[str, LatencyHistogram] = {}  # what latency_histograms() answers
         # Runs once, just before the next execute: "another notebook" acting meanwhile.
         self.meanwhile: Callable[[], None] | None = None
 
@@ -76,6 +78,11 @@ class MemoryEngine:
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         return []
+
+    def latency_histograms(
+        self, state: EndpointState, *, since: float
+    ) -> dict[str, LatencyHistogram]:
+        return dict(self.histograms)
 
     def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:
         return [e for e in self.journals.get(version, []) if e["time"] >= since]

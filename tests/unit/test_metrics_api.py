@@ -17,6 +17,7 @@ def test_export_list_does_not_drift() -> None:
         "empty_frame",
         "frame_from_snapshots",
         "histogram_quantile",
+        "istio_latency_histograms",
         "istio_metrics",
         "parse_exposition",
         "predictions_frame",
