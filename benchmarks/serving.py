@@ -310,8 +310,7 @@ def report(
     if one and before:
         lines += [
             "",
-            f"## `--workers 1` against model_server before `--workers` ({BEFORE_COMMIT}),"
-            " same run",
+            f"## `--workers 1` against model_server before `--workers` ({BEFORE_COMMIT}), same run",
             "",
             "| rows/request | connections | requests/s now / before | p99 ms now / before |",
             "|---:|---:|---:|---:|",

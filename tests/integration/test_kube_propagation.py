@@ -14,9 +14,9 @@ import time
 import pytest
 
 from mlshift._plan import plan_change
+from mlshift._state import TrafficState
 from mlshift.kube._discovery import resource
 from mlshift.kube._propagation import reconciled, wait_propagated
-from mlshift._state import TrafficState
 from tests.fixtures.kube import KubeEmulator
 from tests.integration.test_kube_engine import VS, _deploy, _route, _spec, _subsets, _target
 
