@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from mlshift._canary import run_canary
-from mlshift._gates import ErrorRate, Latency, SampleRatio, canary_plan
+from mlshift._canary_plan import canary_plan
+from mlshift._gates import ErrorRate, Latency, SampleRatio
 
 HERE = Path(__file__).resolve().parent
 RUNS = 200

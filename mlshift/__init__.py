@@ -48,9 +48,9 @@ if _TYPE_CHECKING:
     from mlshift._bundle import bundle
     from mlshift._bundle_info import BundleInfo
     from mlshift._canary import CanaryResult, CanaryRun
+    from mlshift._canary_plan import canary_plan
     from mlshift._client import TrafficRun
     from mlshift._compare import Comparison
-    from mlshift._gates import canary_plan
     from mlshift.image import build_image
     from mlshift.kube import Kubernetes, rbac, waypoint
     from mlshift.local import Local
@@ -112,7 +112,7 @@ _LAZY = {
     "CanaryResult": "mlshift._canary",
     "CanaryRun": "mlshift._canary",
     "Comparison": "mlshift._compare",
-    "canary_plan": "mlshift._gates",
+    "canary_plan": "mlshift._canary_plan",
     "TrafficRun": "mlshift._client",
     "bundle": "mlshift._bundle",
     "build_image": "mlshift.image",

@@ -60,7 +60,6 @@ __all__ = [
     "SampleRatio",
     "Status",
     "Verdict",
-    "canary_plan",
     "default_gates",
     "judge",
 ]
@@ -447,41 +446,3 @@ def judge(interval: Interval, gates: Sequence[Gate]) -> tuple[Verdict, list[Verd
     reason = "; ".join(f"{v.gate}: {v.reason}" for v in bad)
     numbers = {f"{v.gate}.{k}": x for v in verdicts for k, x in v.numbers.items()}
     return Verdict("judge", worst.status, reason, numbers), verdicts
-
-
-def canary_plan(
-    *,
-    rps: float,
-    baseline_error_rate: float,
-    tolerance: float = 0.005,
-    steps: Sequence[int] = (5, 25, 50, 100),
-    alpha: float = 0.05,
-    power: float = 0.8,
-) -> pd.DataFrame:
-    """How long each step must last for the error gate to decide, before a run starts.
-
-    ``rps`` is the endpoint's whole request rate; at weight ``w`` % the canary gets
-    ``rps * w / 100`` of it and needs ``min_sample(baseline_error_rate, tolerance)`` requests
-    (enough to fail, with ``power``, a canary twice the tolerance worse). Use the longest
-    ``seconds`` (the first step's) as ``interval``, or steps with larger weights.
-
-    Example:
-        >>> plan = canary_plan(rps=200, baseline_error_rate=0.005, tolerance=0.01)
-        >>> plan.loc[0, ["weight", "requests_needed"]].tolist()
-        [5, 1914]
-    """
-    import pandas as pd
-
-    need = min_sample(max(baseline_error_rate, 0.001), tolerance, alpha=alpha, power=power)
-    rows = []
-    for weight in steps:
-        canary_rps = rps * weight / 100
-        rows.append(
-            {
-                "weight": weight,
-                "canary_rps": canary_rps,
-                "requests_needed": need,
-                "seconds": need / canary_rps if canary_rps > 0 else math.inf,
-            }
-        )
-    return pd.DataFrame(rows)

@@ -13,6 +13,7 @@ answers to mirrored requests, with ``ep.shadow``). Where per-request latencies c
 ``interval.histograms`` holds each version's ``LatencyHistogram`` over the step instead.
 """
 
+from mlshift._canary_plan import canary_plan
 from mlshift._gates import (
     ErrorRate,
     Gate,
@@ -23,7 +24,6 @@ from mlshift._gates import (
     SampleRatio,
     Status,
     Verdict,
-    canary_plan,
     default_gates,
     judge,
 )
