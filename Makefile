@@ -54,11 +54,8 @@ test-kube-lowest: $(STAMP) $(KUBE_LOWEST_DIR)/.installed
 	PYTHONPATH=$(abspath $(KUBE_LOWEST_DIR)) $(BIN)/python -c \
 	  "import kubernetes as k; assert k.__version__ == '$(KUBE_LOWEST)', k.__version__"
 	PYTHONPATH=$(abspath $(KUBE_LOWEST_DIR)) $(BIN)/pytest -q -p no:cacheprovider \
-	  -n 2 --dist loadfile -m "not serial" tests/integration/test_kube_*.py; rc=$$?; \
+	  -n 2 --dist loadfile tests/integration/test_kube_*.py; rc=$$?; \
 	  [ $$rc -ne 5 ] || echo "no Kubernetes tests were collected" >&2; exit $$rc
-	PYTHONPATH=$(abspath $(KUBE_LOWEST_DIR)) $(BIN)/pytest -q -p no:cacheprovider \
-	  -m serial tests/integration/test_kube_*.py; rc=$$?; \
-	  [ $$rc -ne 5 ] || echo "no serial Kubernetes tests were collected" >&2; exit $$rc
 
 test-fast: lint typecheck
 	$(BIN)/pytest -q -m "not slow and not browser" tests
