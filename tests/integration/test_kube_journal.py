@@ -10,6 +10,7 @@ them back with the official client.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,8 +165,7 @@ def test_two_replicas_journals_are_merged_in_time_order(
     kube_emulator: KubeEmulator, serve: Starter, array_data: Any
 ) -> None:
     engine = _target(kube_emulator).engine("churn")
-    spec = _spec("v1")
-    state = _deploy(engine, type(spec)(spec.name, spec.model_sha256, spec.image, replicas=2))
+    state = _deploy(engine, dataclasses.replace(_spec("v1"), replicas=2))
     first, second = serve("v1"), serve("v1")
     _backed(kube_emulator, "v1", first, second)
     since = time.time() - 1
