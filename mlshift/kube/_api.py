@@ -42,6 +42,7 @@ __all__ = [
     "VIRTUAL_SERVICES",
     "KubeAPI",
     "Resource",
+    "status_payload",
     "wrap_api_exception",
 ]
 
@@ -105,7 +106,8 @@ RESOURCES = {
 }
 
 
-def _status_payload(body: object) -> dict[str, Any]:
+def status_payload(body: object) -> dict[str, Any]:
+    """An error body as a dict (a ``Status``, or any JSON object); ``{}`` when not JSON."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if isinstance(body, str) and body.strip().startswith("{"):
@@ -133,7 +135,7 @@ def wrap_api_exception(exc: Exception, what: str, server: str = "") -> APIError:
             code=0,
         )
     code = int(exc.status or 0)
-    payload = _status_payload(exc.body)
+    payload = status_payload(exc.body)
     reason = str(payload.get("reason") or exc.reason or "")
     message = str(payload.get("message") or reason or "no message")
     details = payload.get("details")
@@ -252,6 +254,7 @@ class KubeAPI:
         query: Mapping[str, str] | None = None,
         body: object = None,
         content_type: str = "application/json",
+        wrap: Callable[[Exception, str, str], APIError] = wrap_api_exception,
     ) -> dict[str, Any]:
         api_exception = import_kubernetes("kubernetes.client.exceptions").ApiException
         http_error = import_kubernetes("urllib3.exceptions").HTTPError
@@ -261,11 +264,11 @@ class KubeAPI:
             except api_exception as exc:
                 pause = _retry_pause(exc, attempt) if method == "GET" else None
                 if pause is None or attempt == READ_ATTEMPTS:
-                    raise wrap_api_exception(exc, what, self.server) from exc
+                    raise wrap(exc, what, self.server) from exc
                 log.info("%s: %s from the API server; again in %.1f s", what, exc.status, pause)
                 time.sleep(pause)
             except (http_error, OSError) as exc:
-                raise wrap_api_exception(exc, what, self.server) from exc
+                raise wrap(exc, what, self.server) from exc
             else:
                 return data if isinstance(data, dict) else {}
         raise AssertionError("unreachable")  # pragma: no cover
@@ -375,18 +378,36 @@ class KubeAPI:
         ]
 
     def proxy_get(
-        self, namespace: str, pod: str, port: int, path: str, query: Mapping[str, str]
+        self,
+        namespace: str,
+        pod: str,
+        port: int,
+        path: str,
+        query: Mapping[str, str],
+        *,
+        what: str = "",
+        wrap: Callable[[Exception, str, str], APIError] = wrap_api_exception,
     ) -> dict[str, Any]:
         """GET ``path`` of a pod's ``port`` through the API server's pod proxy (a JSON answer).
 
-        Needs ``get`` on ``pods/proxy``; no port-forward.
+        Needs ``get`` on ``pods/proxy``; no port-forward. ``wrap`` turns a failure into the
+        ``APIError`` raised; an answer that is not JSON is an ``APIError`` too.
         """
-        return self._call(
-            "GET",
-            f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path.lstrip('/')}",
-            f"read {path} of pod {namespace}/{pod}",
-            query=query,
-        )
+        what = what or f"read {path} of pod {namespace}/{pod}"
+        try:
+            return self._call(
+                "GET",
+                f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path.lstrip('/')}",
+                what,
+                query=query,
+                wrap=wrap,
+            )
+        except ValueError as exc:  # the pod's 2xx answer, not JSON
+            raise APIError(
+                f"{what} failed: pod {namespace}/{pod} answered on port {port} with something"
+                f" that is not JSON ({exc}); is model_server what listens there?",
+                code=200,
+            ) from exc
 
     def create(self, res: Resource, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create ``obj``; ``APIConflictError`` when it already exists."""

@@ -68,6 +68,7 @@ from mlshift.kube._api import (
 )
 from mlshift.kube._discovery import ISTIO_KINDS, istio_version, resource, versioned
 from mlshift.kube._gateway import load_gateway, patch_rules
+from mlshift.kube._journal import read_journal
 from mlshift.kube._live import (
     HISTORY_ANNOTATION,
     Rollout,
@@ -377,21 +378,11 @@ class KubernetesEngine:
         )
 
     def journal(self, state: EndpointState, version: str, *, since: float) -> list[dict[str, Any]]:
-        """Every running replica's request journal, through the API server's pod proxy."""
-        labels = {"app": state.name, "version": version}
-        entries: list[dict[str, Any]] = []
-        for pod in self.api.list_objects(PODS, state.namespace, labels):
-            if dig(pod, "status", "phase") != "Running":
-                continue
-            doc = self.api.proxy_get(
-                state.namespace,
-                str(dig(pod, "metadata", "name")),
-                8080,
-                f"v2/models/{state.name}/journal",
-                {"since": repr(since)},
-            )
-            entries.extend(e for e in doc.get("entries") or () if isinstance(e, dict))
-        return sorted(entries, key=lambda e: float(e.get("time", 0.0)))
+        """Every running replica's request journal, through the API server's pod proxy.
+
+        A replica that cannot be read raises ``APIError`` naming the pod and the fix.
+        """
+        return read_journal(self.api, state, version, since=since)
 
     def revive(self, state: EndpointState) -> list[str]:
         """Refuse: a Deployment restarts its pods by itself (``UnsupportedError``)."""
