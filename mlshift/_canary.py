@@ -207,7 +207,10 @@ def _latencies(
         try:
             journal = ep.journal(version, since=since)
         except MlshiftError as exc:
-            log.debug("no per-request latencies for %s: %s", version, exc)
+            # Said at every look: the fix (RBAC, a reachable pod) is in the message.
+            log.info(
+                "no per-request latencies for %s (histogram buckets instead): %s", version, exc
+            )
             return {}
         if not journal.empty:
             out[version] = journal["latency_ms"].to_numpy(dtype=np.float64)
