@@ -260,7 +260,8 @@ def before_workers(bundle: Path, port: int) -> peers.Peer:
             capture_output=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    cmd = [sys.executable, "-m", "model_server", "--model-dir", str(bundle),
+    # -P: not the current directory's model_server (this checkout's) ahead of PYTHONPATH.
+    cmd = [sys.executable, "-P", "-m", "model_server", "--model-dir", str(bundle),
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     return peers.Peer(
         BEFORE, cmd, {"PYTHONPATH": str(tree)}, "/v2/health/ready", "/v2/models/rf/infer", "v2"
@@ -437,7 +438,7 @@ def main() -> None:
         runs += got
         memory.append(mem)
         sys.stderr.write(f"measured {peer.label}\n")
-    auto = f"{OURS} ({workers} workers, reuseport)"
+    auto = f"{OURS} ({workers} workers, handoff)"  # the default balance
     # The raw cells first, so a failing report loses nothing (``--report-only`` redoes it).
     (WORK / "serving-runs.json").write_text(
         json.dumps({

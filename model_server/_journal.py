@@ -64,9 +64,10 @@ class Journal:
     def note(
         self, scope: MutableMapping[str, Any], body: bytes, outputs: Mapping[str, Any]
     ) -> None:
-        """Remember an answered request's input digest and predictions until it is recorded."""
+        """Remember an answered request's body and outputs until it is recorded (the digest
+        and values are taken then, after the answer went out: off the request's latency)."""
         if self.size:
-            scope[_KEY] = (hashlib.sha256(body).hexdigest()[:16], _values(outputs))
+            scope[_KEY] = (body, outputs)
 
     def record(self, scope: MutableMapping[str, Any], status: int, seconds: float) -> None:
         """Append one finished inference request (status and latency; the noted answer)."""
@@ -77,7 +78,9 @@ class Journal:
             if key == b"x-request-id":
                 request_id = value.decode("latin-1")
                 break
-        digest, prediction = scope.get(_KEY, ("", None))
+        noted = scope.pop(_KEY, None)
+        digest = hashlib.sha256(noted[0]).hexdigest()[:16] if noted else ""
+        prediction = _values(noted[1]) if noted else None
         self.entries.append(
             {
                 "id": request_id,

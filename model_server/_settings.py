@@ -51,7 +51,9 @@ class Settings:
             capped so every worker's copy of the model fits in memory. 1 is a single process.
         balance: How connections reach workers (``MLSHIFT_WORKER_BALANCE``): ``reuseport``
             (each worker listens on the port with SO_REUSEPORT, the kernel spreads connections)
-            or ``handoff`` (the parent accepts and passes each connection on, round robin).
+            or ``handoff`` (the parent accepts and passes each connection on, round robin; the
+            default: it spreads a few long-lived connections, as a sidecar keeps, evenly, and
+            had the lower p99 in both quiet runs of benchmarks/serving.py).
     """
 
     model_dir: str
@@ -67,7 +69,7 @@ class Settings:
     trust_types: tuple[str, ...] = ()
     signing_key: bytes | None = field(default=None, repr=False)
     workers: int | None = None
-    balance: str = "reuseport"
+    balance: str = "handoff"
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -134,8 +136,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--balance",
         choices=BALANCES,
-        default=env.get("MLSHIFT_WORKER_BALANCE", "reuseport"),
-        help="how connections reach workers (default reuseport)",
+        default=env.get("MLSHIFT_WORKER_BALANCE", "handoff"),
+        help="how connections reach workers (default handoff: the parent deals them out)",
     )
     return p
 

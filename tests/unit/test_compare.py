@@ -77,12 +77,14 @@ def test_plot_compare_draws_agreement_over_time(models: list[Any]) -> None:
     ep.deploy(models[1], "v2")
     engine = ep.engine
     assert isinstance(engine, MemoryEngine)
-    now = time.time()
+    # Three whole 30 s buckets (they start at multiples of 30 s): one at the edge holding a
+    # single disagreeing pair would draw 0 % (the test failed so, now and then).
+    start = (time.time() // 30) * 30 - 120
     engine.journals["v1"] = [
-        {"id": f"r{i}", "time": now - 100 + i, "status": 200, "prediction": [1]} for i in range(90)
+        {"id": f"r{i}", "time": start + i, "status": 200, "prediction": [1]} for i in range(90)
     ]
     engine.journals["v2"] = [
-        {"id": f"r{i}", "time": now - 100 + i, "status": 200, "prediction": [i % 10 != 0]}
+        {"id": f"r{i}", "time": start + i, "status": 200, "prediction": [i % 10 != 0]}
         for i in range(90)
     ]
     assert ep.compare("v1", "v2", since="5m").summary["pairs"] == 90

@@ -112,7 +112,7 @@ def test_memory_caps_the_workers() -> None:
 def test_workers_setting(argv: list[str], env: dict[str, str], expected: int | None) -> None:
     settings = parse_settings(["--model-dir", "b", *argv], env=env)
     assert settings.workers == expected
-    assert settings.balance == "reuseport"
+    assert settings.balance == "handoff"
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
