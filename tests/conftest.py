@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.prometheus",
     "tests.fixtures.kube",
+    "tests.fixtures.istio_traffic",
     "tests.fixtures.local",
 ]
 

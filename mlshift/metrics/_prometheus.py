@@ -382,6 +382,8 @@ def istio_metrics(
         namespace: its namespace.
         since: how far back, e.g. ``"15m"``.
         step: the resolution, e.g. ``"15s"``; the end is aligned down to a multiple of it.
+            A step as long as ``since`` (or longer) gives one row per version over exactly
+            the last ``since``, ending at ``end`` or now: what the canary reads at each look.
         end: the last instant (default now).
         scrape_interval: Prometheus's scrape interval for these metrics (Istio's addon: 15s).
         window: override the ``rate()`` window.
@@ -404,17 +406,30 @@ def istio_metrics(
         raise InvalidArgumentError(f"step must be positive, got {step!r}; use e.g. '15s'")
     since_s = parse_duration(since, what="since")
     scrape_s = parse_duration(scrape_interval, what="scrape_interval")
-    window_s = (
-        parse_duration(window, what="window")
-        if window is not None
-        else rate_window(step_s, scrape_s)
-    )
-    end_s = _epoch(end) if end is not None else math.floor(_time.time() / step_s) * step_s
+    whole = step_s >= since_s
+    if window is not None:
+        window_s = parse_duration(window, what="window")
+    elif whole:
+        # One row over the whole window (a canary's look): exactly ``since``, but at least
+        # two scrapes, or rate() has a single sample.
+        window_s = max(since_s, 2.0 * scrape_s)
+    else:
+        window_s = rate_window(step_s, scrape_s)
     queries = istio_queries(
         service, namespace, window_s, reporter=reporter, version_services=version_services
     )
     answers: dict[str, list[Series]] = {}
     with PrometheusClient(prometheus_url, token=token, headers=headers, timeout=timeout) as prom:
+        if whole:
+            # Not a range: its two end points would both be read, the first over the time
+            # before the window; and not aligned down to the step, which would drop up to a
+            # whole window of the newest requests.
+            at = _epoch(end) if end is not None else _time.time()
+            for column, promql in queries.items():
+                answers[column] = prom.query(promql, time=at)
+            log.debug("istio_metrics %s.%s over %gs at %s", service, namespace, since_s, at)
+            return _istio_frame(answers, since_s)
+        end_s = _epoch(end) if end is not None else math.floor(_time.time() / step_s) * step_s
         for column, promql in queries.items():
             answers[column] = prom.query_range(
                 promql, start=end_s - since_s, end=end_s, step=step_s

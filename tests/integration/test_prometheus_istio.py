@@ -116,6 +116,21 @@ def test_window_and_step_options(
     assert df.query("version == 'v1'").rps.to_numpy() == pytest.approx(8.0)
 
 
+def test_a_step_as_long_as_the_window_is_one_row_over_that_window(
+    istio_prometheus: RunningPrometheus, istio_history: IstioHistory
+) -> None:
+    """What a canary's look reads (``step=since``): each version's requests over exactly the
+    last ``since``, once, ending at ``end``; not two points, the first over the time before."""
+    end = istio_history.end - 7.5  # not a multiple of the step
+    df = _frame(istio_prometheus, istio_history, since=60, step=60, end=end)
+    assert df.groupby("version").size().tolist() == [1, 1, 1]
+    assert df.timestamp.tolist() == [pd.Timestamp(end, unit="s", tz="UTC")] * 3
+    v1 = df[df.version == "v1"]
+    assert v1.requests.to_numpy() == pytest.approx(8.0 * 60)
+    assert v1.errors.to_numpy() == pytest.approx(0.8 * 60)
+    assert v1.share.to_numpy() == pytest.approx(0.8)
+
+
 def test_query_range_returns_a_tidy_frame(
     istio_prometheus: RunningPrometheus, istio_history: IstioHistory
 ) -> None:
