@@ -4,7 +4,9 @@ The canary's latency gate compares two versions' latency distributions; where th
 request journals cannot be read it tests their histograms instead (``mlshift._histogram``).
 On a cluster those come from ``istio_request_duration_milliseconds_bucket``, reported by the
 server side (or the waypoint, in ambient mode), summed over pods by version and bucket bound:
-one instant query of ``increase()`` over the window.
+one instant query of each bucket's observed increase over the window (its last sample minus
+its first: ``increase()`` would extrapolate to the window's edges, and the test would take the
+inflated counts for evidence).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from collections.abc import Mapping
 
 from mlshift._durations import parse_duration
 from mlshift._histogram import LatencyHistogram
-from mlshift.metrics._prometheus import PrometheusClient, TimeLike, _epoch, istio_selector
+from mlshift.metrics._prometheus import (
+    PrometheusClient,
+    TimeLike,
+    _epoch,
+    istio_selector,
+    observed_increase,
+)
 
 __all__ = ["istio_latency_histograms", "istio_latency_query"]
 
@@ -33,14 +41,12 @@ def istio_latency_query(
 
     Example:
         >>> istio_latency_query("churn", "ml", 60.0)  # doctest: +ELLIPSIS
-        'sum by (destination_version, le) (increase(istio_request_duration_milliseconds_bucket{...
+        'sum by (destination_version, le) (((max_over_time(istio_request_duration_millisecond...
     """
     selector = istio_selector(service, namespace, reporter, version_services=version_services)
     w = f"{max(1, round(window))}s"
-    return (
-        "sum by (destination_version, le) "
-        f"(increase(istio_request_duration_milliseconds_bucket{{{selector}}}[{w}]))"
-    )
+    buckets = f"istio_request_duration_milliseconds_bucket{{{selector}}}"
+    return f"sum by (destination_version, le) ({observed_increase(buckets, w)})"
 
 
 def istio_latency_histograms(
@@ -59,8 +65,8 @@ def istio_latency_histograms(
 ) -> dict[str, LatencyHistogram]:
     """Each version's request-latency histogram (ms) over the last ``since``, from Prometheus.
 
-    ``increase()`` over the window (at least two scrapes long, so it has two samples), so
-    counts may be fractions (Prometheus extrapolates to the window's ends). Versions without
+    Counts are what each bucket rose by within the window (at least two scrapes long, so it
+    has two samples): whole observations, none extrapolated. Versions without
     observations in the window are left out; no series at all is ``{}``, not an error.
 
     Raises:

@@ -13,7 +13,7 @@ import pytest
 from mlshift import InvalidNameError, MetricsUnavailableError
 from mlshift.metrics import FRAME_COLUMNS, empty_frame, istio_metrics, query
 from mlshift.metrics._prometheus import PrometheusClient
-from tests.fixtures.prometheus import IstioHistory, RunningPrometheus, free_port
+from tests.fixtures.prometheus import SCRAPE, IstioHistory, RunningPrometheus, free_port
 
 
 def _frame(
@@ -120,14 +120,17 @@ def test_a_step_as_long_as_the_window_is_one_row_over_that_window(
     istio_prometheus: RunningPrometheus, istio_history: IstioHistory
 ) -> None:
     """What a canary's look reads (``step=since``): each version's requests over exactly the
-    last ``since``, once, ending at ``end``; not two points, the first over the time before."""
+    last ``since``, once, ending at ``end``; not two points, the first over the time before.
+    The counts are the ones observed between the window's first and last scrape (whole
+    requests the judge may test), not ``rate()``'s extrapolation to the window's edges."""
     end = istio_history.end - 7.5  # not a multiple of the step
     df = _frame(istio_prometheus, istio_history, since=60, step=60, end=end)
     assert df.groupby("version").size().tolist() == [1, 1, 1]
     assert df.timestamp.tolist() == [pd.Timestamp(end, unit="s", tz="UTC")] * 3
     v1 = df[df.version == "v1"]
-    assert v1.requests.to_numpy() == pytest.approx(8.0 * 60)
-    assert v1.errors.to_numpy() == pytest.approx(0.8 * 60)
+    observed = 60 - SCRAPE  # the scrapes inside a 60 s window span 45 s of v1's 8 rps
+    assert v1.requests.to_numpy() == pytest.approx(8.0 * observed)
+    assert v1.errors.to_numpy() == pytest.approx(0.8 * observed)
     assert v1.share.to_numpy() == pytest.approx(0.8)
 
 
