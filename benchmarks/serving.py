@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -239,6 +240,33 @@ def measure(
     return runs, memory
 
 
+AB_ROUNDS = 4
+AB_CELLS = ((1, 16), (1, 64), (32, 64))
+"""(rows, connections) measured again, before and now alternating, ``AB_ROUNDS`` times."""
+
+
+def interleaved(
+    servers: list[Callable[[int], peers.Peer]], X: np.ndarray[Any, Any], seconds: float
+) -> list[Run]:
+    """Each server in turn, round after round: one cell's drift (other work, thermal) hits
+    every server alike, so the medians compare what one 10 s cell each cannot."""
+    runs: list[Run] = []
+    for _ in range(AB_ROUNDS):
+        for make in servers:
+            port = free_port()
+            peer = make(port)
+            url = f"http://127.0.0.1:{port}"
+            log = WORK / f"ab-{re.sub(r'[^a-z0-9]+', '-', peer.label.lower())}.log"
+            with running(peer.cmd, f"{url}{peer.ready_path}", peer.env, log):
+                for rows, c in AB_CELLS:
+                    body = peer.body(X[100 : 100 + rows].tolist())
+                    wrk(f"{url}{peer.infer_path}", body, c, 1)  # warm-up
+                    runs.append(
+                        Run(peer.label, rows, c, *wrk(f"{url}{peer.infer_path}", body, c, seconds))
+                    )
+    return runs
+
+
 def model_server(bundle: Path, port: int, workers: int, balance: str) -> peers.Peer:
     label = f"{OURS} (1 worker)" if workers == 1 else f"{OURS} ({workers} workers, {balance})"
     cmd = [sys.executable, "-m", "model_server", "--model-dir", str(bundle),
@@ -272,6 +300,37 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "" if value is None else pattern.format(value)
 
 
+def _ab_table(ab: list[Run], seconds: float) -> list[str]:
+    one = f"{OURS} (1 worker)"
+    lines = [
+        "",
+        f"## `--workers 1` against model_server before `--workers` ({BEFORE_COMMIT})",
+        "",
+        f"Alternating, {AB_ROUNDS} rounds of {seconds:g} s per cell (a fresh process each round);"
+        " median, with the rounds' range.",
+        "",
+        "| rows/request | connections | requests/s now | requests/s before | now / before"
+        " | p99 ms now | p99 ms before |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rows, c in AB_CELLS:
+        cell = {
+            label: [r for r in ab if r.server == label and (r.rows, r.connections) == (rows, c)]
+            for label in (one, BEFORE)
+        }
+        if not all(cell.values()):
+            continue
+        now, then = (statistics.median(r.rps for r in cell[k]) for k in (one, BEFORE))
+        p99_now, p99_then = (statistics.median(r.p99_ms for r in cell[k]) for k in (one, BEFORE))
+        span_now = f"{min(r.rps for r in cell[one]):.0f}–{max(r.rps for r in cell[one]):.0f}"
+        span_then = f"{min(r.rps for r in cell[BEFORE]):.0f}–{max(r.rps for r in cell[BEFORE]):.0f}"
+        lines.append(
+            f"| {rows} | {c} | {now:.0f} ({span_now}) | {then:.0f} ({span_then})"
+            f" | {now / then:.2f}× | {p99_now:.1f} | {p99_then:.1f} |"
+        )
+    return lines
+
+
 def report(
     rates: dict[int, float],
     runs: list[Run],
@@ -280,6 +339,7 @@ def report(
     missing: list[str],
     seconds: float,
     auto: str,
+    ab: list[Run] | None = None,
 ) -> str:
     lines = [
         "# Serving benchmark",
@@ -306,24 +366,8 @@ def report(
     for note in missing:
         lines.append(f"\nNot measured: {note}")
     ours = [r for r in runs if r.server == auto]
-    one = {(r.rows, r.connections): r for r in runs if r.server == f"{OURS} (1 worker)"}
-    before = {(r.rows, r.connections): r for r in runs if r.server == BEFORE}
-    if one and before:
-        lines += [
-            "",
-            f"## `--workers 1` against model_server before `--workers` ({BEFORE_COMMIT}), same run",
-            "",
-            "| rows/request | connections | requests/s now / before | p99 ms now / before |",
-            "|---:|---:|---:|---:|",
-        ]
-        for key, now in one.items():
-            then = before.get(key)
-            if then is None or not then.rps:
-                continue
-            lines.append(
-                f"| {key[0]} | {key[1]} | {now.rps:.0f} / {then.rps:.0f}"
-                f" ({now.rps / then.rps:.2f}×) | {now.p99_ms:.1f} / {then.p99_ms:.1f} |"
-            )
+    if ab:
+        lines += _ab_table(ab, min(seconds, 5.0))
     theirs = [r for r in runs if not r.server.startswith(OURS)]
     lines += [
         "",
@@ -392,6 +436,7 @@ def main() -> None:
             missing=saved["missing"],
             seconds=saved["seconds"],
             auto=saved["auto"],
+            ab=[Run(**r) for r in saved.get("ab", [])],
         )
         RESULTS.write_text(text)
         sys.stdout.write(text)
@@ -438,16 +483,24 @@ def main() -> None:
         runs += got
         memory.append(mem)
         sys.stderr.write(f"measured {peer.label}\n")
+    ab = interleaved(
+        [lambda p: before_workers(bundle, p), lambda p: model_server(bundle, p, 1, "handoff")],
+        X,
+        min(args.duration, 5.0),
+    )
+    sys.stderr.write("measured --workers 1 against before, interleaved\n")
     auto = f"{OURS} ({workers} workers, handoff)"  # the default balance
     # The raw cells first, so a failing report loses nothing (``--report-only`` redoes it).
     (WORK / "serving-runs.json").write_text(
         json.dumps({
             "rates": rates, "runs": [r.__dict__ for r in runs],
             "memory": [m.__dict__ for m in memory], "missing": missing,
-            "seconds": args.duration, "auto": auto,
+            "seconds": args.duration, "auto": auto, "ab": [r.__dict__ for r in ab],
         })
     )  # fmt: skip
-    text = report(rates, runs, memory=memory, missing=missing, seconds=args.duration, auto=auto)
+    text = report(
+        rates, runs, memory=memory, missing=missing, seconds=args.duration, auto=auto, ab=ab
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
     sys.stdout.write(text)
