@@ -37,9 +37,9 @@ typecheck: $(STAMP)
 # Most tests run on two workers (a file each at a time); those that count requests or wait on
 # timing (marked serial) run alone afterwards.
 test: lint typecheck
-	$(BIN)/pytest -q -n 2 --dist loadfile -m "not serial" tests; rc=$$?; \
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15 -m "not serial" tests; rc=$$?; \
 	  [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc
-	$(BIN)/pytest -q -m serial tests; rc=$$?; \
+	$(BIN)/pytest -q --durations=15 -m serial tests; rc=$$?; \
 	  [ $$rc -ne 5 ] || echo "pytest collected no serial tests" >&2; exit $$rc
 	$(BIN)/pytest -q --nbval-lax -p no:cacheprovider notebooks; rc=$$?; \
 	  [ $$rc -ne 5 ] || echo "no notebooks were collected" >&2; exit $$rc

@@ -101,6 +101,9 @@ __all__ = ["HISTORY_ANNOTATION", "EngineSettings", "KubernetesEngine"]
 
 log = logging.getLogger("mlshift.kube")
 
+ROUTE_WRITE_ATTEMPTS = 4
+"""Writes of the routes when the VirtualService moved on without its routes changing."""
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -528,23 +531,32 @@ class KubernetesEngine:
         ns, name = state.namespace, state.name
         annotations = {HISTORY_ANNOTATION: history_to_annotation(history)}
         res = self._res("VirtualService")
-        live = self._get_or_none(res, ns, name)
-        if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
-            raise ConflictError(
-                f"the routes of VirtualService {ns}/{name} changed since they were read:"
-                " someone else moved the traffic meanwhile, and nothing was written. Re-read"
-                " them (ep.status()) and try again",
-            )
-        try:
-            if live is None:
-                vs = versioned(render_virtual_service(state), res)
-                vs["spec"]["http"] = managed
-                vs["metadata"]["annotations"] = annotations
-                return self.api.create(res, ns, vs)
-            patch = routes_patch(state, live, managed, annotations)
-            return self.api.patch(res, ns, name, patch)
-        except APIConflictError as exc:
-            raise ConflictError(
-                f"VirtualService {ns}/{name} changed while mlshift wrote its routes (409);"
-                " nothing was written. Re-read the endpoint and try again (the SDK's verbs do)"
-            ) from exc
+        for attempt in range(1, ROUTE_WRITE_ATTEMPTS + 1):
+            live = self._get_or_none(res, ns, name)
+            if previous is not None and not same_routes(dig(live, "spec", "http"), previous):
+                raise ConflictError(
+                    f"the routes of VirtualService {ns}/{name} changed since they were read:"
+                    " someone else moved the traffic meanwhile, and nothing was written."
+                    " Re-read them (ep.status()) and try again",
+                )
+            try:
+                if live is None:
+                    vs = versioned(render_virtual_service(state), res)
+                    vs["spec"]["http"] = managed
+                    vs["metadata"]["annotations"] = annotations
+                    return self.api.create(res, ns, vs)
+                return self.api.patch(
+                    res, ns, name, routes_patch(state, live, managed, annotations)
+                )
+            except APIConflictError as exc:
+                # istiod writes the Reconciled status about a second after each change, which
+                # moves the resourceVersion without touching the routes: with the routes
+                # still as read, read again and write again.
+                if previous is None or attempt == ROUTE_WRITE_ATTEMPTS:
+                    raise ConflictError(
+                        f"VirtualService {ns}/{name} changed while mlshift wrote its routes"
+                        " (409); nothing was written. Re-read the endpoint and try again (the"
+                        " SDK's verbs do)"
+                    ) from exc
+                log.info("VirtualService %s/%s moved on (409); writing again", ns, name)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -518,11 +518,34 @@ def test_409_from_a_managed_route_change_is_a_conflict(kube_emulator: KubeEmulat
     )
     before = len(kube_emulator.patches("virtualservices"))
 
-    with pytest.raises(ConflictError, match="changed while mlshift wrote its routes"):
-        _route(engine, TrafficState({"v1": 70, "v2": 30}))
+    with pytest.raises(ConflictError, match="changed since they were read"):
+        _route(engine, TrafficState({"v1": 70, "v2": 30}))  # read again: their routes
 
     assert len(kube_emulator.patches("virtualservices")) - before == 1  # the facade retries
     assert _weights(kube_emulator) == {"v1": 50, "v2": 50}
+
+
+def test_409_from_istiods_status_write_is_written_again(kube_emulator: KubeEmulator) -> None:
+    """istiod marks a VirtualService Reconciled about a second after each change: that moves
+    its resourceVersion, not its routes, so the routes are read and written again."""
+    engine = _target(kube_emulator).engine("churn")
+    _deploy(engine, _spec("v1"))
+    _deploy(engine, _spec("v2"))
+
+    def mark(body: dict[str, Any]) -> None:
+        generation = body["metadata"]["generation"]
+        condition = {"type": "Reconciled", "status": "True", "observedGeneration": generation}
+        body["status"] = {"conditions": [condition]}
+
+    kube_emulator.race(
+        "PATCH", "virtualservices", lambda: kube_emulator.edit_now(VS, "churn", mark)
+    )
+    before = len(kube_emulator.patches("virtualservices"))
+
+    _route(engine, TrafficState({"v1": 70, "v2": 30}))
+
+    assert len(kube_emulator.patches("virtualservices")) - before == 2  # 409, then written
+    assert _weights(kube_emulator) == {"v1": 70, "v2": 30}
 
 
 def test_warning_events_of_another_version_are_not_reported(kube_emulator: KubeEmulator) -> None:
