@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from mlshift._exceptions import MlshiftError
-from mlshift._frame import frame_from_counters
+from mlshift._frame import Snapshot, frame_from_counters
 from mlshift._histogram import histograms_from_counters
 from mlshift.local import _xds as xds
 from mlshift.local._files import EndpointFiles, read_json
@@ -159,12 +159,7 @@ class MeshSampling:
         including traffic sent while no Python process was sampling. A read is taken now, and
         every second while a process is attached.
         """
-        with contextlib.suppress(MlshiftError):
-            self.sample()
-        end = time.time()
-        start = end - since
-        versions = set(state.version_names)
-        snaps = [s for s in self.samples.read(since=start, before=True) if s.version in versions]
+        snaps, start, end = self._window(state, since)
         return frame_from_counters(snaps, start=start, end=end, step=min(step, since))
 
     def latency_histograms(
@@ -173,13 +168,19 @@ class MeshSampling:
         """Return each version's ``upstream_rq_time`` histogram over the last ``since``
         seconds, read (like ``metrics``) as cumulative counters, with a read taken now.
         Envoy merges histograms at each stats flush (1 s): the newest second may be missing."""
+        snaps, start, end = self._window(state, since)
+        return histograms_from_counters(snaps, start=start, end=end)
+
+    def _window(self, state: EndpointState, since: float) -> tuple[list[Snapshot], float, float]:
+        """A read now, then the state's versions' reads over the last ``since`` seconds (with
+        each one's last read before them), and the window's start and end."""
         with contextlib.suppress(MlshiftError):
             self.sample()
         end = time.time()
         start = end - since
         versions = set(state.version_names)
         snaps = [s for s in self.samples.read(since=start, before=True) if s.version in versions]
-        return histograms_from_counters(snaps, start=start, end=end)
+        return snaps, start, end
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's predictions over the last ``since`` seconds.
