@@ -327,20 +327,24 @@ class KubernetesEngine:
         """Per-version metrics from Prometheus (Istio's metrics); needs no Kubernetes API."""
         from mlshift.metrics import istio_metrics
 
+        return istio_metrics(
+            self.settings.prometheus_url, since=since, step=step, **self._istio_source(state)
+        )
+
+    def _istio_source(self, state: EndpointState) -> dict[str, Any]:
+        """Where Istio's metrics of ``state`` are and who reports them (the waypoint in
+        ambient mode), as ``istio_metrics`` and ``istio_latency_histograms`` take it."""
         gateway = state.routing == "gateway-api"
         ambient = gateway and self.settings.ambient is not None and self.settings.ambient()
-        return istio_metrics(
-            self.settings.prometheus_url,
-            service=state.name,
-            namespace=state.namespace,
-            since=since,
-            step=step,
-            scrape_interval=self.settings.scrape_interval,
-            token=self.settings.prometheus_token,
-            headers=self.settings.prometheus_headers,
-            reporter="waypoint" if ambient else "destination",
-            version_services=gateway,
-        )
+        return {
+            "service": state.name,
+            "namespace": state.namespace,
+            "scrape_interval": self.settings.scrape_interval,
+            "token": self.settings.prometheus_token,
+            "headers": self.settings.prometheus_headers,
+            "reporter": "waypoint" if ambient else "destination",
+            "version_services": gateway,
+        }
 
     def latency_histograms(
         self, state: EndpointState, *, since: float
@@ -349,18 +353,8 @@ class KubernetesEngine:
         ``istio_request_duration_milliseconds`` buckets in Prometheus; needs no Kubernetes API."""
         from mlshift.metrics import istio_latency_histograms
 
-        gateway = state.routing == "gateway-api"
-        ambient = gateway and self.settings.ambient is not None and self.settings.ambient()
         return istio_latency_histograms(
-            self.settings.prometheus_url,
-            service=state.name,
-            namespace=state.namespace,
-            since=since,
-            scrape_interval=self.settings.scrape_interval,
-            token=self.settings.prometheus_token,
-            headers=self.settings.prometheus_headers,
-            reporter="waypoint" if ambient else "destination",
-            version_services=gateway,
+            self.settings.prometheus_url, since=since, **self._istio_source(state)
         )
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
