@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class SimEndpoint:
     def journal(self, version: str, since: Any = 0) -> pd.DataFrame:
         parts = self._lat.get(version) or [np.empty(0)]
         return pd.DataFrame({"latency_ms": np.concatenate(parts)[-4 * LATENCY_CAP :]})
+
+    def checkpoint(self) -> float:
+        return time.time()  # each look draws one interval's traffic; windows are not read
 
     def latency_histograms(self, since: Any = 0) -> dict[str, Any]:
         return {}  # the journals always hold latencies here

@@ -291,7 +291,10 @@ def run_canary(
             log.info("canary %s at %d %%", version, weight)
             if weight == 100:
                 break  # the promotion: with no stable traffic left there is nothing to compare
-            start = time.time()
+            # From a read taken after the shift: the read before it may be a second older,
+            # and the stable-only traffic since would count as this step's (a false
+            # sample-ratio mismatch).
+            start = ep.checkpoint()
             fails = inconclusive = 0
             while True:
                 if wait(interval):

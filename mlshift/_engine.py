@@ -98,6 +98,12 @@ class Engine(Protocol):
         """Return the per-version metrics frame (mlshift.metrics.FRAME_COLUMNS)."""
         ...
 
+    def checkpoint(self, state: EndpointState) -> float:
+        """Start a measurement window now: return the epoch time from which ``metrics`` and
+        ``latency_histograms`` count only what the router answers after this call (locally a
+        read of Envoy's counters taken now, which are otherwise read every second)."""
+        ...
+
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         """Return each version's prediction counters over the last ``since`` seconds."""
         ...

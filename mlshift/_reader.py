@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -275,6 +276,19 @@ class EndpointReader:
 
             return empty_frame()
         return self.engine.metrics(state, since=seconds, step=resolution)
+
+    def checkpoint(self) -> float:
+        """Start a measurement window now: the epoch time from which ``metrics`` and
+        ``latency_histograms`` count only the requests answered after this call. Locally the
+        router's counters are otherwise read once a second, so a window starting between two
+        reads would count from the earlier one, traffic from before included.
+
+        Example:
+            >>> start = ep.checkpoint()  # doctest: +SKIP
+            >>> ep.metrics(since=time.time() - start, step="1h")  # doctest: +SKIP
+        """
+        state = self._readable()
+        return time.time() if state is None else self.engine.checkpoint(state)
 
     def latency_histograms(self, since: str | float = "5m") -> dict[str, LatencyHistogram]:
         """Each version's request latencies (ms) over the last ``since``, as histogram buckets

@@ -77,6 +77,10 @@ class EndpointView(Protocol):
         """Per-version request rate, errors and latency (the metrics frame)."""
         ...
 
+    def checkpoint(self) -> float:
+        """Start a measurement window now (epoch seconds); ``metrics`` counts from it exactly."""
+        ...
+
     def latency_histograms(self, since: str | float = "5m") -> dict[str, LatencyHistogram]:
         """Each version's latency histogram over the last ``since`` (the router's buckets)."""
         ...

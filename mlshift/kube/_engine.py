@@ -346,6 +346,16 @@ class KubernetesEngine:
             "version_services": gateway,
         }
 
+    def checkpoint(self, state: EndpointState) -> float:
+        """Now, with nothing to read: a whole-window read (``step >= since``, as the canary
+        takes) counts only the scrapes inside it (``observed_increase``) once it spans two
+        scrapes, so traffic from before this call is not counted.
+
+        Example:
+            >>> start = engine.checkpoint(state)  # doctest: +SKIP
+        """
+        return time.time()
+
     def latency_histograms(
         self, state: EndpointState, *, since: float
     ) -> dict[str, LatencyHistogram]:

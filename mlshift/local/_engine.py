@@ -323,6 +323,15 @@ class LocalEngine(PlanSteps):
         """Return the per-version frame over the last ``since`` s (see ``MeshSampling``)."""
         return self.sampling.metrics(state, since=since, step=step)
 
+    def checkpoint(self, state: EndpointState) -> float:
+        """Read Envoy's counters now and return the time from which a window counts only
+        later traffic (see ``MeshSampling.checkpoint``).
+
+        Example:
+            >>> start = engine.checkpoint(state)  # doctest: +SKIP
+        """
+        return self.sampling.checkpoint()
+
     def latency_histograms(
         self, state: EndpointState, *, since: float
     ) -> dict[str, LatencyHistogram]:

@@ -162,6 +162,18 @@ class MeshSampling:
         snaps, start, end = self._window(state, since)
         return frame_from_counters(snaps, start=start, end=end, step=min(step, since))
 
+    def checkpoint(self) -> float:
+        """Read Envoy's counters now and return the time just after the read: a window from
+        it counts from this read, not from the thread's read up to a second earlier (which
+        would count traffic from before, under the previous weights).
+
+        Example:
+            >>> start = sampling.checkpoint()  # doctest: +SKIP
+        """
+        with contextlib.suppress(MlshiftError):
+            self.sample()
+        return time.time()
+
     def latency_histograms(
         self, state: EndpointState, *, since: float
     ) -> dict[str, LatencyHistogram]:

@@ -74,3 +74,28 @@ def test_the_plot_shows_each_versions_served_share_per_interval(
     assert {"v1", "v2"} <= set(lines)
     for line in (lines["v1"], lines["v2"]):
         assert isinstance(line, Line2D) and line.get_marker() == "o"  # one point still shows
+
+
+def test_a_window_from_a_checkpoint_counts_only_what_came_after_it(
+    mesh_factory: Any, local_bundle: Path
+) -> None:
+    # The canary's looks start at a checkpoint. Without it a look counted from the read
+    # before, up to a second older, and the stable-only traffic since as the step's: a
+    # false sample-ratio mismatch (CI saw one).
+    mesh = mesh_factory("churn")
+    mesh.deploy(local_bundle, "v1", "v2")
+    mesh.traffic({"v1": 100, "v2": 0})
+    ep = mlshift.Endpoint("churn", mesh.target)
+    ep.shift({"v1": 50, "v2": 50})
+    mesh.engine.sampling.stop()  # a shift restarts it: its next read is a second away
+    ep.shift({"v1": 100, "v2": 0})
+    ep.metrics(since="1m")  # a read now, then traffic the window must not count
+    before, _ = hit(mesh.url, 60)
+    assert before == Counter({"v1": 60})
+    ep.shift({"v1": 50, "v2": 50})
+    start = ep.checkpoint()
+    seen, codes = hit(mesh.url, 60)
+    assert codes == Counter({200: 60}) and seen["v2"] > 0
+    frame = ep.metrics(since=time.time() - start, step="1h")
+    served = frame.groupby("version")["requests"].sum().to_dict()
+    assert served == {"v1": seen["v1"], "v2": seen["v2"]}

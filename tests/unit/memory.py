@@ -9,6 +9,7 @@ module (pyproject's ``files``), so the fakes keep satisfying the whole ``Engine`
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from typing import Any
@@ -78,6 +79,9 @@ class MemoryEngine:
 
     def predictions(self, state: EndpointState, *, since: float) -> list[PredictionStats]:
         return []
+
+    def checkpoint(self, state: EndpointState) -> float:
+        return time.time()
 
     def latency_histograms(
         self, state: EndpointState, *, since: float
