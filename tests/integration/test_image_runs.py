@@ -11,25 +11,20 @@ directory. The command then runs chrooted into the unpacked root file system as 
 non-root user, ``tritonclient`` gets the model's predictions from it, and SIGTERM drains it.
 
 The Debian root file system takes minutes to build (mostly dpkg unpacking), so its OCI layout
-is cached under the system temp directory, keyed by the suite, variant and package list.
+is cached under the system temp directory (``tests/fixtures/debian_rootfs.py``).
 Needs root (chroot, setuid), ``mmdebstrap``, ``umoci``, ``skopeo`` and the network to a Debian
 mirror (``MLSHIFT_TEST_DEBIAN_MIRROR``, default deb.debian.org) and to PyPI for the wheels.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import stat
 import subprocess
-import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,138 +35,26 @@ import numpy as np
 import pytest
 
 import mlshift
+from tests.fixtures.debian_rootfs import (
+    BASE_ENV,
+    ToolMissing,
+    cache_root,
+    debian_python_layout,
+    run,
+    tool,
+)
 from tests.fixtures.registry import Registry, free_port
 
 pytestmark = pytest.mark.slow
 
-SUITE = "bookworm"
-VARIANT = "minbase"
-PACKAGES = ("python3",)
-# Debian's own layout, like the official python images' apart from the prefix.
-BASE_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NONROOT = 65532
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is needed to build and run a real image (apt-get install {name})")
-    return path
-
-
-def _run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env=None if env is None else {**os.environ, **env},
-    )
-    if done.returncode != 0:
-        what = " ".join(args[:3])
-        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def _cache_root() -> Path:
-    return Path(tempfile.gettempdir()) / "mlshift-test-rootfs"
-
-
-def _python_version(rootfs_tar: Path) -> str:
-    """The ``major.minor`` of the root file system's ``/usr/bin/python3.X``."""
-    with tarfile.open(rootfs_tar) as tar:
-        for member in tar:
-            found = re.fullmatch(r"(?:\./)?usr/bin/python(3\.\d+)", member.name)
-            if found:
-                return found.group(1)
-    raise RuntimeError(f"{rootfs_tar} has no /usr/bin/python3.X")
-
-
-def debian_python_layout() -> tuple[Path, str]:
-    """An OCI layout (tag ``base``) of Debian minbase + python3, built once and cached.
-
-    Returns the layout directory and the Python ``major.minor`` it holds.
-    """
-    mirror = os.environ.get("MLSHIFT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-    key_source = json.dumps([SUITE, VARIANT, PACKAGES, mirror, BASE_ENV])
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    cache = _cache_root() / f"{SUITE}-{key}"
-    meta = cache.with_name(f"{cache.name}.json")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    # One build at a time: CI starts one early in the background (``python -m`` this
-    # module), and a test that needs the layout meanwhile waits for it rather than build twice.
-    with open(cache.with_name(f"{cache.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if meta.exists() and cache.is_dir():
-            return cache, json.loads(meta.read_text())["python"]
-        return _build_layout(cache, meta, mirror)
-
-
-def _build_layout(cache: Path, meta: Path, mirror: str) -> tuple[Path, str]:
-    mmdebstrap, umoci = _tool("mmdebstrap"), _tool("umoci")
-    work = Path(tempfile.mkdtemp(prefix=f"{cache.name}.", dir=cache.parent))
     try:
-        tar = work / "rootfs.tar"
-        started = time.monotonic()
-        # In a mount namespace of its own: if it is killed, its /proc and /dev mounts go too.
-        _run(
-            _tool("unshare"),
-            "--mount",
-            "--propagation=private",
-            mmdebstrap,
-            f"--variant={VARIANT}",
-            f"--include={','.join(PACKAGES)}",
-            "--dpkgopt=force-unsafe-io",
-            "--skip=output/dev",  # device nodes are the runtime's business, not a layer's
-            *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")),
-            SUITE,
-            str(tar),
-            mirror,
-            timeout=1200,
-            env={"TMPDIR": str(work)},  # its scratch chroot goes away with ours
-        )
-        python = _python_version(tar)
-        layout = work / "layout"
-        _run(umoci, "init", "--layout", str(layout))
-        _run(umoci, "new", "--image", f"{layout}:base")
-        _run(
-            umoci,
-            "raw",
-            "add-layer",
-            "--image",
-            f"{layout}:base",
-            "--history.created_by",
-            f"mmdebstrap --variant={VARIANT} --include={','.join(PACKAGES)} {SUITE}",
-            str(tar),
-        )
-        # Like python:3.X-slim: no io.mlshift.* labels, PYTHON_VERSION says the Python.
-        _run(
-            umoci,
-            "config",
-            "--image",
-            f"{layout}:base",
-            "--config.env",
-            BASE_ENV,
-            "--config.env",
-            "LANG=C.UTF-8",
-            "--config.env",
-            f"PYTHON_VERSION={python}",
-            "--config.cmd",
-            "python3",
-            "--os",
-            "linux",
-            "--architecture",
-            "amd64",
-        )
-        took = time.monotonic() - started
-        shutil.rmtree(cache, ignore_errors=True)
-        os.replace(layout, cache)
-        meta.write_text(json.dumps({"python": python, "took_s": round(took, 1)}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return cache, python
+        return tool(name)
+    except ToolMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +62,12 @@ def debian_base(registry: Registry) -> str:
     """The Debian + python3 base, pushed to the session registry; returns its reference."""
     if os.geteuid() != 0:
         pytest.skip("running an unpacked image as another user needs root (chroot, setuid)")
-    layout, python = debian_python_layout()
+    try:
+        layout, python = debian_python_layout()
+    except ToolMissing as exc:
+        pytest.skip(str(exc))
     ref = f"{registry.host}/debian/python:{python}"
-    _run(
+    run(
         _tool("skopeo"),
         "copy",
         "--dest-tls-verify=false",
@@ -199,10 +85,10 @@ def _unpack(ref: str, dest: Path) -> dict[str, Any]:
     """
     layout, rootfs = dest / "layout", dest / "rootfs"
     umoci = _tool("umoci")
-    _run(_tool("skopeo"), "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:img")
-    _run(umoci, "raw", "unpack", "--image", f"{layout}:img", str(rootfs))
+    run(_tool("skopeo"), "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:img")
+    run(umoci, "raw", "unpack", "--image", f"{layout}:img", str(rootfs))
     config = dest / "config.json"
-    _run(
+    run(
         umoci,
         "raw",
         "runtime-config",
@@ -302,7 +188,7 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
 ) -> None:
     # Dependency layers are keyed by requirements, Python and platform: keep them between
     # sessions like the root fs, so a second run skips pip (a cold run still builds them).
-    monkeypatch.setenv("MLSHIFT_CACHE_DIR", str(_cache_root() / "mlshift-cache"))
+    monkeypatch.setenv("MLSHIFT_CACHE_DIR", str(cache_root() / "mlshift-cache"))
     started = time.monotonic()
     ref = mlshift.build_image(
         rf_model, "v1", repository=f"{registry.host}/ml/rf", base=debian_base, progress=False
@@ -378,9 +264,3 @@ def test_built_image_serves_from_its_own_root_fs_and_drains(  # noqa: PLR0917 (f
         f"\nimage e2e: build+push {built:.1f} s, pull+unpack {unpacked_at - started - built:.1f} s,"
         f" start to ready {ready_after:.1f} s, total {time.monotonic() - started:.1f} s"
     )
-
-
-if __name__ == "__main__":
-    # Build (or find) the cached Debian layout ahead of the tests: .ci/run starts this in the
-    # background while the linters run.
-    print(debian_python_layout())
