@@ -35,7 +35,7 @@ from tests.fixtures.istio_traffic import Behaviour, IstioExporter, IstioTraffic,
 from tests.fixtures.kube import KubeEmulator
 from tests.fixtures.prometheus import RunningPrometheus
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = pytest.mark.slow  # simulated traffic and 1 s scrapes: fine beside other tests
 
 ROUTINGS = ["istio", "gateway-api"]
 RPS = 400.0
