@@ -13,8 +13,11 @@ STAMP := $(VENV)/.installed
 # only that client imports at start-up).
 KUBE_LOWEST := 30.1.0
 KUBE_LOWEST_DIR := $(VENV)/kube-$(KUBE_LOWEST)
-# One worker inside `make test`, where it runs beside the two of the main set.
+# One worker inside `make test`, where it runs beside the main set's.
 KUBE_LOWEST_WORKERS ?= 2
+# The main set's workers: three on two cores, as many of its tests wait on processes and
+# timers rather than compute.
+WORKERS ?= 3
 
 .PHONY: demo test test-fast test-kube-lowest lint typecheck bench clean
 
@@ -36,12 +39,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-# Most tests and the example notebooks run on two workers (a file each at a time), while the
+# Most tests and the example notebooks run on three workers (a file each at a time), while the
 # Kubernetes tests run again with the lowest supported client beside them (their output
 # follows); those that count requests or wait on timing (marked serial) run alone afterwards.
 test: lint typecheck $(KUBE_LOWEST_DIR)/.installed
 	$(MAKE) --no-print-directory test-kube-lowest KUBE_LOWEST_WORKERS=1 > $(VENV)/kube-lowest.log 2>&1 & lowest=$$!; \
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15 --nbval-lax -m "not serial" \
+	$(BIN)/pytest -q -n $(WORKERS) --dist loadfile --durations=15 --nbval-lax -m "not serial" \
 	  tests notebooks; rc=$$?; \
 	[ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; \
 	wait $$lowest; low=$$?; \
