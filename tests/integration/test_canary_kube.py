@@ -32,7 +32,7 @@ from mlshift._state import EndpointState, VersionSpec
 from mlshift.gates import ErrorRate, Latency, SampleRatio
 from mlshift.kube import Kubernetes
 from tests.fixtures.istio_traffic import Behaviour, IstioExporter, IstioTraffic, route_weights
-from tests.fixtures.kube import KubeEmulator
+from tests.fixtures.kube import KubeEmulator, emulator_target
 from tests.fixtures.prometheus import RunningPrometheus
 
 pytestmark = pytest.mark.slow  # simulated traffic and 1 s scrapes: fine beside other tests
@@ -42,16 +42,8 @@ RPS = 400.0
 
 
 def _target(emu: KubeEmulator, prom: RunningPrometheus, routing: str) -> Kubernetes:
-    return Kubernetes(
-        kubeconfig=str(emu.kubeconfig),
-        registry="registry.test/ml",
-        progress=False,
-        poll_interval=0.02,
-        rollout_timeout=10,
-        settle_time=0.02,
-        prometheus_url=prom.url,
-        scrape_interval="1s",
-        routing=routing,
+    return emulator_target(
+        emu, settle_time=0.02, prometheus_url=prom.url, scrape_interval="1s", routing=routing
     )
 
 

@@ -51,6 +51,8 @@ NONROOT = 65532
 
 
 def _tool(name: str) -> str:
+    # A developer machine without the Debian tools skips, saying which package to install;
+    # in CI a skip fails (tests/conftest.py), and .ci/run installs them.
     try:
         return tool(name)
     except ToolMissing as exc:

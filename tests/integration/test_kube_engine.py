@@ -33,7 +33,7 @@ from mlshift._state import EndpointState, HeaderRoute, Mirror, TrafficState, Ver
 from mlshift._traffic import CONFLICT_DEADLINE_S
 from mlshift.kube import Kubernetes
 from mlshift.kube._engine import HISTORY_ANNOTATION, KubernetesEngine
-from tests.fixtures.kube import KubeEmulator
+from tests.fixtures.kube import KubeEmulator, emulator_target
 
 VS = "networking.istio.io/v1/virtualservices"
 DR = "networking.istio.io/v1/destinationrules"
@@ -41,14 +41,7 @@ DEP = "apps/v1/deployments"
 
 
 def _target(emu: KubeEmulator, **kwargs: Any) -> Kubernetes:
-    options: dict[str, Any] = {
-        "progress": False,
-        "poll_interval": 0.02,
-        "rollout_timeout": 10,
-        "settle_time": 0.02,
-    }
-    options.update(kwargs)
-    return Kubernetes(kubeconfig=str(emu.kubeconfig), registry="registry.test/ml", **options)
+    return emulator_target(emu, **{"settle_time": 0.02, **kwargs})
 
 
 def _spec(version: str, image: str | None = None) -> VersionSpec:

@@ -20,17 +20,14 @@ from mlshift._state import EndpointState, HeaderRoute, Mirror, TrafficState, Ver
 from mlshift.kube import Kubernetes, rbac
 from mlshift.kube._engine import HISTORY_ANNOTATION, KubernetesEngine
 from tests.fixtures.gateway_api import validate_http_route
-from tests.fixtures.kube import KubeEmulator
+from tests.fixtures.kube import KubeEmulator, emulator_target
 from tests.fixtures.kube_strict import GATEWAY_API, ISTIO_1_22
 
 ROUTES = "gateway.networking.k8s.io/v1/httproutes"
 SERVICES = "v1/services"
 
 
-def _target(emu: KubeEmulator, **kwargs: Any) -> Kubernetes:
-    options: dict[str, Any] = {"progress": False, "poll_interval": 0.02, "rollout_timeout": 10}
-    options.update(kwargs)
-    return Kubernetes(kubeconfig=str(emu.kubeconfig), registry="registry.test/ml", **options)
+_target = emulator_target
 
 
 def _spec(version: str) -> VersionSpec:

@@ -16,21 +16,12 @@ import pytest
 from mlshift._endpoint import Endpoint
 from mlshift._plan import plan_change
 from mlshift._state import EndpointState, VersionSpec
-from mlshift.kube import Kubernetes
-from tests.fixtures.kube import KubeEmulator
+from tests.fixtures.kube import KubeEmulator, emulator_target
 
 VS = "networking.istio.io/v1/virtualservices"
 
 
-def _target(emu: KubeEmulator, **kwargs: object) -> Kubernetes:
-    return Kubernetes(
-        kubeconfig=str(emu.kubeconfig),
-        registry="registry.test/ml",
-        progress=False,
-        poll_interval=0.02,
-        rollout_timeout=10,
-        **kwargs,  # type: ignore[arg-type]
-    )
+_target = emulator_target
 
 
 def _spec(version: str) -> VersionSpec:
