@@ -8,6 +8,13 @@ at ``GET /v2/models/{m}/journal?since=<epoch seconds>&limit=<n>``: JSON
 ``{"model", "version", "entries": [{"id", "time", "status", "latency_ms", "digest",
 "prediction"}, ...]}``, oldest first. Only the first ``_MAX_VALUES`` predicted values of a
 request are kept, so memory stays bounded whatever the batch size.
+
+Recording runs on the event loop after every answer, so it does as little as it can there: the
+request id, the time, and references to the body and the predicted values. Hashing the body and
+turning values into JSON happen when the journal is read, for the entries read (a reader asks
+for a window); a body over ``_KEEP_BODY`` bytes is hashed at once rather than kept, and values
+that would pin a large batch's output are copied. Entries are plain tuples of bytes, numbers and
+arrays, none of which the garbage collector tracks, so a full journal adds nothing to its walks.
 """
 
 from __future__ import annotations
@@ -26,15 +33,47 @@ __all__ = ["Journal"]
 
 _KEY = "mlshift.journal"
 _MAX_VALUES = 64
+_KEEP_BODY = 4096
+"""Bodies up to this size are kept and hashed when read; larger ones are hashed at once."""
+_PIN_BYTES = 64 * 1024
+"""Kept values that view a larger array (a big batch's output) are copied, not kept as a view."""
+
+# An entry: (id, time, status, seconds, body or digest, values or None). A plain tuple: the
+# collector untracks exact tuples of untracked values, not NamedTuples.
+_Entry = tuple[bytes, float, int, float, "bytes | str", "np.ndarray[Any, Any] | None"]
 
 
-def _values(outputs: Mapping[str, Any]) -> list[Any]:
+def _values(outputs: Mapping[str, Any]) -> np.ndarray[Any, Any] | None:
     """The predicted values of one request: ``predict``'s when asked, else the first output's."""
-    array = outputs.get("predict", next(iter(outputs.values()), None))
+    array = outputs.get("predict")
     if array is None:
-        return []
+        array = next(iter(outputs.values()), None)
+        if array is None:
+            return None
     values = np.asarray(array)[:_MAX_VALUES]
-    return values.tolist() if values.ndim else [values.item()]
+    base = values.base
+    if isinstance(base, np.ndarray) and base.nbytes > _PIN_BYTES:
+        values = values.copy()
+    return values
+
+
+def _as_json(entry: _Entry) -> dict[str, Any]:
+    request_id, at, status, seconds, body, values = entry
+    prediction = None
+    if values is not None:
+        prediction = values.tolist() if values.ndim else [values.item()]
+    return {
+        "id": request_id.decode("latin-1"),
+        "time": at,
+        "status": status,
+        "latency_ms": seconds * 1000.0,
+        "digest": _digest(body) if isinstance(body, bytes) else body,
+        "prediction": prediction,
+    }
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16] if body else ""
 
 
 class Journal:
@@ -51,7 +90,7 @@ class Journal:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self.entries: deque[dict[str, Any]] = deque(maxlen=max(size, 1))
+        self.entries: deque[_Entry] = deque(maxlen=max(size, 1))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Journal:
@@ -64,8 +103,8 @@ class Journal:
     def note(
         self, scope: MutableMapping[str, Any], body: bytes, outputs: Mapping[str, Any]
     ) -> None:
-        """Remember an answered request's body and outputs until it is recorded (the digest
-        and values are taken then, after the answer went out: off the request's latency)."""
+        """Remember an answered request's body and outputs until it is recorded (after the
+        answer went out: off the request's latency)."""
         if self.size:
             scope[_KEY] = (body, outputs)
 
@@ -73,24 +112,19 @@ class Journal:
         """Append one finished inference request (status and latency; the noted answer)."""
         if not self.size:
             return
-        request_id = ""
+        request_id = b""
         for key, value in scope.get("headers", ()):
             if key == b"x-request-id":
-                request_id = value.decode("latin-1")
+                request_id = value
                 break
         noted = scope.pop(_KEY, None)
-        digest = hashlib.sha256(noted[0]).hexdigest()[:16] if noted else ""
-        prediction = _values(noted[1]) if noted else None
-        self.entries.append(
-            {
-                "id": request_id,
-                "time": time.time(),
-                "status": status,
-                "latency_ms": seconds * 1000.0,
-                "digest": digest,
-                "prediction": prediction,
-            }
-        )
+        body: bytes | str = b""
+        values = None
+        if noted is not None:
+            raw, outputs = noted
+            body = _digest(raw) if len(raw) > _KEEP_BODY else raw
+            values = _values(outputs)
+        self.entries.append((request_id, time.time(), status, seconds, body, values))
 
     def read(self, query_string: bytes) -> dict[str, Any]:
         """The entries at or after ``since`` (epoch seconds), at most the newest ``limit``."""
@@ -100,5 +134,8 @@ class Journal:
             limit = int(query.get("limit", [str(self.size)])[0])
         except ValueError as exc:
             raise ValueError(f"since must be epoch seconds and limit a count: {exc}") from exc
-        entries = [e for e in list(self.entries) if e["time"] >= since]
-        return {"size": self.size, "entries": entries[-limit:] if limit > 0 else []}
+        entries = [e for e in list(self.entries) if e[1] >= since]  # e[1]: time
+        return {
+            "size": self.size,
+            "entries": [_as_json(e) for e in entries[-limit:]] if limit > 0 else [],
+        }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import time
 
 import numpy as np
@@ -56,3 +58,31 @@ def test_large_answers_are_capped() -> None:
     journal = Journal(size=1)
     _request(journal, "big", list(range(1000)))
     assert len(journal.read(b"")["entries"][0]["prediction"]) == 64
+
+
+def test_a_full_journal_gives_the_garbage_collector_nothing_to_walk() -> None:
+    journal = Journal(size=100)
+    batch = np.arange(32)
+    for i in range(200):
+        scope = {"headers": [(b"x-request-id", f"r{i}".encode())]}
+        journal.note(scope, b"body", {"predict": batch[i % 32 : i % 32 + 1]})
+        journal.record(scope, 200, 0.001)
+    gc.collect()
+    gc.collect()  # a tuple is untracked once what it holds is
+    assert not any(gc.is_tracked(entry) for entry in journal.entries)
+    assert journal.read(b"limit=1")["entries"][0]["prediction"] == [199 % 32]
+
+
+def test_digests_match_the_body_whether_taken_at_once_or_when_read() -> None:
+    journal = Journal(size=2)
+    small, large = b"x" * 100, b"y" * 100_000
+    for body in (small, large):
+        scope: dict[str, object] = {"headers": []}
+        journal.note(scope, body, {"predict": np.zeros(10_000)})
+        journal.record(scope, 200, 0.001)
+    assert [e["digest"] for e in journal.read(b"")["entries"]] == [
+        hashlib.sha256(b).hexdigest()[:16] for b in (small, large)
+    ]
+    kept = journal.entries[1]
+    assert isinstance(kept[4], str)  # the large body itself is not kept
+    assert kept[5].base is None or kept[5].base.nbytes <= 64 * 8  # nor the 10,000 values
