@@ -15,6 +15,7 @@ taken out of routing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -143,6 +144,7 @@ class ModelApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.batcher.start()
+                _settle_heap()
                 self.ready = True
                 log.info("serving model %r version %r", self.name, self.version)
                 await send({"type": "lifespan.startup.complete"})
@@ -397,3 +399,15 @@ def create_app(loaded: LoadedBundle, settings: Settings) -> ModelApp:
         >>> app = create_app(load_bundle("bundle"), Settings(model_dir="bundle"))  # doctest: +SKIP
     """
     return ModelApp(loaded, settings)
+
+
+def _settle_heap() -> None:
+    """Take what is loaded by now (the model, every library) out of the garbage collector's view.
+
+    A full collection walks every tracked object: with a scikit-learn model and its libraries
+    loaded that is ~150,000 objects and ~150 ms, a pause of the event loop that every request
+    in flight waits out, and one that recurs as answered requests' journal entries age into the
+    oldest generation. Frozen, they are never walked again; only what serving creates is.
+    """
+    gc.collect()
+    gc.freeze()
