@@ -1,6 +1,6 @@
 """Run every benchmark and gather their tables into benchmarks/README.md.
 
-    .venv/bin/python -m benchmarks            # all (about 6 minutes on 2 cores)
+    .venv/bin/python -m benchmarks            # all (serving alone: about 21 minutes on 2 cores)
     .venv/bin/python -m benchmarks local      # one
 
 Each benchmark writes benchmarks/results/<name>.md; this joins them under a short header.

@@ -20,6 +20,7 @@ the tables go to benchmarks/results/serving.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -66,6 +67,8 @@ class Run:
     errors: int
     batch: float | None = None  # mean rows per predict call (model_server)
     busiest: float | None = None  # the busiest worker's share of the workers' CPU time
+    round: int | None = None  # the A/B round (interleaved runs only)
+    loop_us: float | None = None  # event-loop CPU per request, µs (interleaved runs only)
 
     @property
     def rows_per_s(self) -> float:
@@ -121,7 +124,7 @@ def _ms(text: str) -> float:
 
 
 def wrk(
-    url: str, body: dict[str, Any], connections: int, seconds: float
+    url: str, body: dict[str, Any], connections: int, seconds: float, cpus: set[int] | None = None
 ) -> tuple[float, float, float, int]:
     script = WORK / "post.lua"
     script.write_text(
@@ -131,8 +134,8 @@ def wrk(
     )
     # One wrk thread leaves the other core(s) to the server under test (2-core machines).
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-         "--latency", "-s", str(script), url],
+        [*_pin(cpus), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+         "--timeout", "10s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -160,12 +163,19 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) ->
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
+def _pin(cpus: set[int] | None) -> list[str]:
+    """A command prefix that keeps the program (and every thread it starts) on ``cpus``."""
+    return [] if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
+
+
 @contextmanager
-def running(cmd: list[str], ready_url: str, env: dict[str, str], log: Path) -> Iterator[int]:
+def running(
+    cmd: list[str], ready_url: str, env: dict[str, str], log: Path, cpus: set[int] | None = None
+) -> Iterator[int]:
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [*_pin(cpus), *cmd], env={**os.environ, **env}, stdout=fh,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         wait_ready(ready_url, proc)
@@ -187,6 +197,12 @@ def _batch_totals(url: str) -> tuple[float, float]:
         for m in re.finditer(r"^mlshift_batch_size_(sum|count)\{[^}]*\} (\S+)$", text, re.M)
     }
     return found.get("sum", 0.0), found.get("count", 0.0)
+
+
+def _loop_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread: model_server's event loop (one worker)."""
+    main = next(t for t in psutil.Process(pid).threads() if t.id == pid)
+    return float(main.user_time + main.system_time)
 
 
 def _worker_cpu(pid: int) -> dict[int, float]:
@@ -241,31 +257,77 @@ def measure(
     return runs, memory
 
 
-AB_ROUNDS = 4
-AB_CELLS = ((1, 16), (1, 64), (32, 64))
-"""(rows, connections) measured again, before and now alternating, ``AB_ROUNDS`` times."""
+AB_ROUNDS, AB_PAIRS = 4, 3
+AB_CELLS = ((1, 1), (1, 16), (1, 64), (32, 64))
+"""(rows, connections) measured again, before and now alternating: ``AB_PAIRS`` pairs in each of
+``AB_ROUNDS`` rounds."""
+AB_SERVER_CPUS, AB_WRK_CPUS = {1}, {0}
+"""Where the A/B pins the server and wrk (with two CPUs or more): unpinned, a one-worker server
+moves between cores and at 16 connections its batches split into groups of 8 or merge into
+larger ones from one run to the next, which swamps a few per cent either way."""
 
 
 def interleaved(
-    servers: list[Callable[[int], peers.Peer]], X: np.ndarray[Any, Any], seconds: float
+    servers: list[Callable[[int], peers.Peer]],
+    X: np.ndarray[Any, Any],
+    seconds: float,
+    rounds: int = AB_ROUNDS,
 ) -> list[Run]:
-    """Each server in turn, round after round: one cell's drift (other work, thermal) hits
-    every server alike, so the medians compare what one 10 s cell each cannot."""
+    """Both servers up at once (fresh processes every round), and each cell measured on one
+    then the other, ``AB_PAIRS`` times, the order reversed every other time: this machine's
+    speed drifts by ±15 % over minutes, and adjacent cells see the same drift, so each pair
+    gives one ratio. The servers run on one CPU and wrk on another (``AB_SERVER_CPUS``); the
+    batch sizes formed and the event loop's CPU per request are recorded beside the
+    throughput."""
+    pinned = (os.cpu_count() or 1) >= 2
+    server_cpus, wrk_cpus = (AB_SERVER_CPUS, AB_WRK_CPUS) if pinned else (None, None)
     runs: list[Run] = []
-    for _ in range(AB_ROUNDS):
-        for make in servers:
-            port = free_port()
-            peer = make(port)
-            url = f"http://127.0.0.1:{port}"
-            log = WORK / f"ab-{re.sub(r'[^a-z0-9]+', '-', peer.label.lower())}.log"
-            with running(peer.cmd, f"{url}{peer.ready_path}", peer.env, log):
-                for rows, c in AB_CELLS:
-                    body = peer.body(X[100 : 100 + rows].tolist())
-                    wrk(f"{url}{peer.infer_path}", body, c, 1)  # warm-up
-                    runs.append(
-                        Run(peer.label, rows, c, *wrk(f"{url}{peer.infer_path}", body, c, seconds))
-                    )
+    for k in range(rounds):
+        with contextlib.ExitStack() as stack:
+            up = []
+            for make in servers:
+                port = free_port()
+                peer = make(port)
+                url = f"http://127.0.0.1:{port}"
+                log = WORK / f"ab-{re.sub(r'[^a-z0-9]+', '-', peer.label.lower())}.log"
+                ready = f"{url}{peer.ready_path}"
+                pid = stack.enter_context(running(peer.cmd, ready, peer.env, log, server_cpus))
+                up.append((peer, url, pid))
+            for rows, c in AB_CELLS:
+                for j in range(AB_PAIRS):
+                    for peer, url, pid in up if j % 2 == 0 else up[::-1]:
+                        body = peer.body(X[100 : 100 + rows].tolist())
+                        wrk(f"{url}{peer.infer_path}", body, c, 1, wrk_cpus)  # warm-up
+                        before, loop_before = _batch_totals(url), _loop_cpu(pid)
+                        result = wrk(f"{url}{peer.infer_path}", body, c, seconds, wrk_cpus)
+                        run = Run(peer.label, rows, c, *result, round=k * AB_PAIRS + j)
+                        after, loop_after = _batch_totals(url), _loop_cpu(pid)
+                        calls = after[1] - before[1]
+                        run.batch = (after[0] - before[0]) / calls if calls else None
+                        if run.rps:
+                            run.loop_us = (loop_after - loop_before) / (run.rps * seconds) * 1e6
+                        runs.append(run)
+        sys.stderr.write(f"A/B round {k + 1}/{rounds}\n")
     return runs
+
+
+def paired_ratio(now: list[Run], then: list[Run]) -> tuple[float, float, float]:
+    """The geometric mean of the rounds' now/before throughput ratios, with its 95 % interval
+    (Student's t on the log ratios).
+
+    Example:
+        >>> a = [Run("a", 1, 1, 110.0, 0, 0, 0, round=k) for k in range(3)]
+        >>> b = [Run("b", 1, 1, 100.0, 0, 0, 0, round=k) for k in range(3)]
+        >>> [round(x, 2) for x in paired_ratio(a, b)]
+        [1.1, 1.1, 1.1]
+    """
+    from scipy.stats import t
+
+    before = {r.round: r.rps for r in then}
+    logs = [np.log(r.rps / before[r.round]) for r in now if before.get(r.round)]
+    mean = float(np.mean(logs))
+    half = float(t.ppf(0.975, len(logs) - 1) * np.std(logs, ddof=1) / np.sqrt(len(logs)))
+    return float(np.exp(mean)), float(np.exp(mean - half)), float(np.exp(mean + half))
 
 
 def model_server(bundle: Path, port: int, workers: int, balance: str) -> peers.Peer:
@@ -303,32 +365,55 @@ def _fmt(value: float | None, pattern: str) -> str:
 
 def _ab_table(ab: list[Run], seconds: float) -> list[str]:
     one = f"{OURS} (1 worker)"
+    pairs = len({r.round for r in ab})
     lines = [
         "",
         f"## `--workers 1` against model_server before `--workers` ({BEFORE_COMMIT})",
         "",
-        f"Alternating, {AB_ROUNDS} rounds of {seconds:g} s per cell (a fresh process each round);"
-        " median, with the rounds' range.",
+        f"{pairs} pairs of {seconds:g} s cells, each cell on one server right after the other"
+        f" (both up at once, fresh processes every {AB_PAIRS} pairs, the order reversed every"
+        " other pair; the servers pinned to one CPU and wrk to another); requests/s as the"
+        " median with the range; now / before as the geometric mean of the paired ratios with"
+        " its 95 % interval; rows per predict call and the event loop's CPU per request (µs)"
+        " as medians.",
         "",
         "| rows/request | connections | requests/s now | requests/s before | now / before"
+        " (95 % interval) | rows per call now / before | loop µs per request now / before"
         " | p99 ms now | p99 ms before |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rows, c in AB_CELLS:
         cell = {
             label: [r for r in ab if r.server == label and (r.rows, r.connections) == (rows, c)]
             for label in (one, BEFORE)
         }
-        if not all(cell.values()):
+        if not all(len(runs) > 1 for runs in cell.values()):
             continue
         now, then = (statistics.median(r.rps for r in cell[k]) for k in (one, BEFORE))
         p99_now, p99_then = (statistics.median(r.p99_ms for r in cell[k]) for k in (one, BEFORE))
         span_now = f"{min(r.rps for r in cell[one]):.0f}–{max(r.rps for r in cell[one]):.0f}"
         span_then = f"{min(r.rps for r in cell[BEFORE]):.0f}–{max(r.rps for r in cell[BEFORE]):.0f}"
+        ratio, low, high = paired_ratio(cell[one], cell[BEFORE])
+        batch_now, batch_then = (
+            statistics.median(r.batch or 0.0 for r in cell[k]) for k in (one, BEFORE)
+        )
+        loop_now, loop_then = (
+            statistics.median(r.loop_us or 0.0 for r in cell[k]) for k in (one, BEFORE)
+        )
         lines.append(
             f"| {rows} | {c} | {now:.0f} ({span_now}) | {then:.0f} ({span_then})"
-            f" | {now / then:.2f}× | {p99_now:.1f} | {p99_then:.1f} |"
+            f" | {ratio:.2f}× ({low:.2f}–{high:.2f}) | {batch_now:.1f} / {batch_then:.1f}"
+            f" | {loop_now:.0f} / {loop_then:.0f} | {p99_now:.1f} | {p99_then:.1f} |"
         )
+    lines += [
+        "",
+        "With one worker the model call and the event loop's work for each request share one"
+        " GIL, so requests/s is about rows per call / (model call + rows per call × loop time per"
+        " request): the loop's CPU per request is the part that can differ between the two, the"
+        " rows per call (the same batching policy) and the model call (the same model) are"
+        " not. Unpinned, the rows per call at 16 connections change from run to run (groups"
+        " of 8 alternate, or merge into larger ones), and that swamps a few per cent either way.",
+    ]
     return lines
 
 
@@ -427,6 +512,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="model_server auto workers")
     parser.add_argument("--skip-peers", action="store_true", help="only model_server")
     parser.add_argument("--report-only", action="store_true", help="redo the last report")
+    parser.add_argument(
+        "--ab-rounds", type=int, default=AB_ROUNDS, help="rounds of the --workers 1 A/B"
+    )
+    parser.add_argument(
+        "--ab-only", action="store_true", help="only the --workers 1 A/B, printed, not saved"
+    )
     args = parser.parse_args()
     if args.report_only:
         saved = json.loads((WORK / "serving-runs.json").read_text())
@@ -452,8 +543,17 @@ def main() -> None:
     from model_server._capacity import auto_workers, model_bytes, read_capacity
 
     model, X = train()
-    rates = in_process(model, X, 2.0)
     bundle = write_bundle(model, "v1", sample=X[:5], dest=WORK / "rf-bundle", name="rf").path
+    ab_servers: list[Callable[[int], peers.Peer]] = [
+        lambda p: before_workers(bundle, p),
+        lambda p: model_server(bundle, p, 1, "handoff"),
+    ]
+    ab_seconds = min(args.duration, 5.0)
+    if args.ab_only:
+        ab = interleaved(ab_servers, X, ab_seconds, args.ab_rounds)
+        sys.stdout.write("\n".join(_ab_table(ab, ab_seconds)) + "\n")
+        return
+    rates = in_process(model, X, 2.0)
     model_file = WORK / "rf.joblib"
     joblib.dump(model, model_file)
     workers = args.workers or max(2, auto_workers(read_capacity(), model_bytes(bundle)))
@@ -484,11 +584,7 @@ def main() -> None:
         runs += got
         memory.append(mem)
         sys.stderr.write(f"measured {peer.label}\n")
-    ab = interleaved(
-        [lambda p: before_workers(bundle, p), lambda p: model_server(bundle, p, 1, "handoff")],
-        X,
-        min(args.duration, 5.0),
-    )
+    ab = interleaved(ab_servers, X, ab_seconds, args.ab_rounds)
     sys.stderr.write("measured --workers 1 against before, interleaved\n")
     auto = f"{OURS} ({workers} workers, handoff)"  # the default balance
     # The raw cells first, so a failing report loses nothing (``--report-only`` redoes it).
