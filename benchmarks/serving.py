@@ -261,10 +261,15 @@ AB_ROUNDS, AB_PAIRS = 4, 3
 AB_CELLS = ((1, 1), (1, 16), (1, 64), (32, 64))
 """(rows, connections) measured again, before and now alternating: ``AB_PAIRS`` pairs in each of
 ``AB_ROUNDS`` rounds."""
-AB_SERVER_CPUS, AB_WRK_CPUS = {1}, {0}
-"""Where the A/B pins the server and wrk (with two CPUs or more): unpinned, a one-worker server
-moves between cores and at 16 connections its batches split into groups of 8 or merge into
-larger ones from one run to the next, which swamps a few per cent either way."""
+
+
+def ab_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """Where the A/B pins the servers and wrk: the first two CPUs this process may use, each
+    to its own (unpinned with one). Unpinned, a one-worker server moves between cores and at
+    16 connections its batches split into groups of 8 or merge into larger ones from one run
+    to the next, which swamps a few per cent either way."""
+    usable = sorted(os.sched_getaffinity(0))
+    return ({usable[1]}, {usable[0]}) if len(usable) >= 2 else (None, None)
 
 
 def interleaved(
@@ -276,11 +281,10 @@ def interleaved(
     """Both servers up at once (fresh processes every round), and each cell measured on one
     then the other, ``AB_PAIRS`` times, the order reversed every other time: this machine's
     speed drifts by ±15 % over minutes, and adjacent cells see the same drift, so each pair
-    gives one ratio. The servers run on one CPU and wrk on another (``AB_SERVER_CPUS``); the
+    gives one ratio. The servers run on one CPU and wrk on another (``ab_cpus``); the
     batch sizes formed and the event loop's CPU per request are recorded beside the
     throughput."""
-    pinned = (os.cpu_count() or 1) >= 2
-    server_cpus, wrk_cpus = (AB_SERVER_CPUS, AB_WRK_CPUS) if pinned else (None, None)
+    server_cpus, wrk_cpus = ab_cpus()
     runs: list[Run] = []
     for k in range(rounds):
         with contextlib.ExitStack() as stack:
