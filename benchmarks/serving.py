@@ -316,7 +316,7 @@ def interleaved(
 
 
 def paired_ratio(now: list[Run], then: list[Run]) -> tuple[float, float, float]:
-    """The geometric mean of the rounds' now/before throughput ratios, with its 95 % interval
+    """The geometric mean of the paired cells' now/before throughput ratios, with its 95 % interval
     (Student's t on the log ratios).
 
     Example:
