@@ -199,6 +199,12 @@ def _batch_totals(url: str) -> tuple[float, float]:
     return found.get("sum", 0.0), found.get("count", 0.0)
 
 
+def _mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Mean rows per predict call between two ``_batch_totals`` readings (None: no call)."""
+    calls = after[1] - before[1]
+    return (after[0] - before[0]) / calls if calls else None
+
+
 def _loop_cpu(pid: int) -> float:
     """CPU seconds of a process's main thread: model_server's event loop (one worker)."""
     main = next(t for t in psutil.Process(pid).threads() if t.id == pid)
@@ -245,9 +251,7 @@ def measure(
                 result = wrk(f"{url}{peer.infer_path}", body, c, seconds)
                 run = Run(peer.label, rows, c, *result)
                 if ours:
-                    after = _batch_totals(url)
-                    calls = after[1] - before[1]
-                    run.batch = (after[0] - before[0]) / calls if calls else None
+                    run.batch = _mean_batch(before, _batch_totals(url))
                     cpu = _worker_cpu(pid)
                     used = [cpu[p] - cpu_before.get(p, 0.0) for p in cpu]
                     if len(used) > 1 and sum(used) > 0:
@@ -258,6 +262,8 @@ def measure(
 
 
 AB_ROUNDS, AB_PAIRS = 4, 3
+AB_MAX_SECONDS = 5.0
+"""The A/B's cells run ``--duration`` seconds, at most this long (it has many cells)."""
 AB_CELLS = ((1, 1), (1, 16), (1, 64), (32, 64))
 """(rows, connections) measured again, before and now alternating: ``AB_PAIRS`` pairs in each of
 ``AB_ROUNDS`` rounds."""
@@ -305,9 +311,8 @@ def interleaved(
                         before, loop_before = _batch_totals(url), _loop_cpu(pid)
                         result = wrk(f"{url}{peer.infer_path}", body, c, seconds, wrk_cpus)
                         run = Run(peer.label, rows, c, *result, round=k * AB_PAIRS + j)
-                        after, loop_after = _batch_totals(url), _loop_cpu(pid)
-                        calls = after[1] - before[1]
-                        run.batch = (after[0] - before[0]) / calls if calls else None
+                        run.batch = _mean_batch(before, _batch_totals(url))
+                        loop_after = _loop_cpu(pid)
                         if run.rps:
                             run.loop_us = (loop_after - loop_before) / (run.rps * seconds) * 1e6
                         runs.append(run)
@@ -367,6 +372,14 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "" if value is None else pattern.format(value)
 
 
+def _medians(
+    pair: tuple[list[Run], list[Run]], value: Callable[[Run], float | None]
+) -> tuple[float, float]:
+    """The median of ``value`` over now's runs and over before's (a missing value counts 0)."""
+    now, then = (statistics.median(value(r) or 0.0 for r in runs) for runs in pair)
+    return now, then
+
+
 def _ab_table(ab: list[Run], seconds: float) -> list[str]:
     one = f"{OURS} (1 worker)"
     pairs = len({r.round for r in ab})
@@ -393,17 +406,14 @@ def _ab_table(ab: list[Run], seconds: float) -> list[str]:
         }
         if not all(len(runs) > 1 for runs in cell.values()):
             continue
-        now, then = (statistics.median(r.rps for r in cell[k]) for k in (one, BEFORE))
-        p99_now, p99_then = (statistics.median(r.p99_ms for r in cell[k]) for k in (one, BEFORE))
+        pair = (cell[one], cell[BEFORE])
+        now, then = _medians(pair, lambda r: r.rps)
+        p99_now, p99_then = _medians(pair, lambda r: r.p99_ms)
         span_now = f"{min(r.rps for r in cell[one]):.0f}–{max(r.rps for r in cell[one]):.0f}"
         span_then = f"{min(r.rps for r in cell[BEFORE]):.0f}–{max(r.rps for r in cell[BEFORE]):.0f}"
         ratio, low, high = paired_ratio(cell[one], cell[BEFORE])
-        batch_now, batch_then = (
-            statistics.median(r.batch or 0.0 for r in cell[k]) for k in (one, BEFORE)
-        )
-        loop_now, loop_then = (
-            statistics.median(r.loop_us or 0.0 for r in cell[k]) for k in (one, BEFORE)
-        )
+        batch_now, batch_then = _medians(pair, lambda r: r.batch)
+        loop_now, loop_then = _medians(pair, lambda r: r.loop_us)
         lines.append(
             f"| {rows} | {c} | {now:.0f} ({span_now}) | {then:.0f} ({span_then})"
             f" | {ratio:.2f}× ({low:.2f}–{high:.2f}) | {batch_now:.1f} / {batch_then:.1f}"
@@ -457,7 +467,7 @@ def report(
         lines.append(f"\nNot measured: {note}")
     ours = [r for r in runs if r.server == auto]
     if ab:
-        lines += _ab_table(ab, min(seconds, 5.0))
+        lines += _ab_table(ab, min(seconds, AB_MAX_SECONDS))
     theirs = [r for r in runs if not r.server.startswith(OURS)]
     lines += [
         "",
@@ -552,7 +562,7 @@ def main() -> None:
         lambda p: before_workers(bundle, p),
         lambda p: model_server(bundle, p, 1, "handoff"),
     ]
-    ab_seconds = min(args.duration, 5.0)
+    ab_seconds = min(args.duration, AB_MAX_SECONDS)
     if args.ab_only:
         ab = interleaved(ab_servers, X, ab_seconds, args.ab_rounds)
         sys.stdout.write("\n".join(_ab_table(ab, ab_seconds)) + "\n")
